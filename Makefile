@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+SHELL := /bin/bash
+# The Triton Python-backend stub links Debian's libpython3.11, so the venv that
+# Triton runs in must come from that interpreter (platform-notes.md §9).
+PYTHON ?= /usr/bin/python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARTIFACTS ?= artifacts
+PRESET ?= full
+PYTEST_ARGS ?=
+
+.PHONY: venv test synth-tiny synth-full clean help
+
+help:
+	@echo "make serve   set up, build and serve (CHECKPOINT=dir-or-repo-id to choose the weights)"
+	@echo "make test    set up and run the test suite"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml client/pyproject.toml
+	@test -x $(PYTHON) || { echo "error: $(PYTHON) not found. Install Debian's python3.11 and python3.11-venv (apt-get install python3.11 python3.11-venv) or set PYTHON=/path/to/the/python3.11 whose libpython the Triton stub links."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "numpy<2" torch==2.13.0
+	$(BIN)/pip install -q -e ./client -e ".[build,serve,dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+synth-tiny: $(STAMP)
+	$(BIN)/jina-triton synth --preset tiny --out $(ARTIFACTS)/checkpoints/synthetic-tiny
+
+synth-full: $(STAMP)
+	$(BIN)/jina-triton synth --preset full --out $(ARTIFACTS)/checkpoints/synthetic-full
+
+clean:
+	rm -rf $(VENV) $(ARTIFACTS)
+
+# CHECKPOINT=dir-or-repo-id picks the weights; default: the real model from the
+# HF cache/hub, else a SYNTHETIC full-size replica (with a loud banner).
+CHECKPOINT ?=
+PRECISION ?= fp32
+HOST ?= 127.0.0.1
+.PHONY: serve
+serve: $(STAMP)
+	$(BIN)/jina-triton up --workdir $(ARTIFACTS) --precision $(PRECISION) --host $(HOST) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))

@@ -1,0 +1,116 @@
+"""Write a servable Triton model repository from a checkpoint.
+
+    REPO/preprocess/{config.pbtxt, 1/model.py, 1/tokenizer.json}
+    REPO/encoder_<task>/{config.pbtxt, 1/model.py, 1/model.onnx}
+    REPO/postprocess/{config.pbtxt, 1/model.py, 1/calibration.npz}
+    REPO/embed_<task>/{config.pbtxt, 1/}
+    REPO/manifest.json   which checkpoint, synthetic or not, precision, parity, limits
+
+Templates come from the project's `model_repository/` folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from jina_triton_client.contract import (
+    CONTRACT_VERSION, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LENGTH, MIN_MAX_LENGTH,
+    POSTPROCESS_MODEL, PREPROCESS_MODEL, encoder_name, ensemble_name)
+
+from .calibration import calibrate
+from .checkpoint import Checkpoint
+from .engines import build_engines, link_or_copy
+from .render import render_file
+
+MANIFEST = "manifest.json"
+
+
+def templates_dir() -> Path:
+    if os.environ.get("JINA_TRITON_TEMPLATES"):
+        return Path(os.environ["JINA_TRITON_TEMPLATES"])
+    import jina_triton_pipeline
+
+    return Path(jina_triton_pipeline.__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    precision: str = "fp32"
+    max_length: int = DEFAULT_MAX_LENGTH        # tokens per text, prefix and EOS included
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # texts per request
+    queue_delay_us: int = 2000                  # encoder dynamic-batching window
+    token_budget: int = 8192                    # padded tokens per encoder forward pass
+    intra_op_threads: int = 2
+    encoder_instances: int = 1
+    preprocess_instances: int = 1
+    postprocess_instances: int = 1
+
+    def check(self, checkpoint: Checkpoint) -> None:
+        limit = int(checkpoint.config["max_position_embeddings"])
+        if not MIN_MAX_LENGTH <= self.max_length <= limit:
+            raise ValueError(f"max length must be from {MIN_MAX_LENGTH} to {limit}, not {self.max_length}")
+        for name in ("max_batch_size", "queue_delay_us", "intra_op_threads", "encoder_instances",
+                     "preprocess_instances", "postprocess_instances"):
+            if getattr(self, name) < (0 if name == "queue_delay_us" else 1):
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.token_budget < self.max_length:
+            raise ValueError(f"token_budget ({self.token_budget}) must be at least the max length "
+                             f"({self.max_length}) so that the longest text fits in one pass")
+
+
+def _render_model(name: str, template: str, out: Path, values: dict) -> Path:
+    source = templates_dir() / template
+    folder = out / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    render_file(source / "config.pbtxt.tmpl", folder / "config.pbtxt", {"model_name": name, **values},
+                allow_unused=True)
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    if (source / "1" / "model.py").is_file():
+        shutil.copy2(source / "1" / "model.py", folder / "1" / "model.py")
+    return folder / "1"
+
+
+def build_repository(checkpoint: Checkpoint, out: Path, options: RepositoryOptions | None = None,
+                     cache_dir: Path | None = None, progress=None) -> dict:
+    options = options or RepositoryOptions()
+    options.check(checkpoint)
+    engines = build_engines(checkpoint, options.precision, cache_dir, progress)
+    calibration = calibrate(checkpoint, engines, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    values = {**asdict(options), "hidden_size": checkpoint.hidden_size,
+              "preprocess_model": PREPROCESS_MODEL, "postprocess_model": POSTPROCESS_MODEL}
+
+    version = _render_model(PREPROCESS_MODEL, "preprocess", out, values)
+    shutil.copy2(checkpoint.path / "tokenizer.json", version / "tokenizer.json")
+    version = _render_model(POSTPROCESS_MODEL, "postprocess", out, values)
+    shutil.copy2(calibration, version / "calibration.npz")
+    for task in checkpoint.tasks:
+        version = _render_model(encoder_name(task), "encoder", out, values)
+        link_or_copy(engines.path(task), version / "model.onnx")
+        _render_model(ensemble_name(task), "ensemble", out, {**values, "encoder_model": encoder_name(task)})
+
+    manifest = {
+        "contract_version": CONTRACT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "checkpoint": {"source": str(checkpoint.path), "fingerprint": checkpoint.fingerprint,
+                       "synthetic": checkpoint.synthetic, "label": checkpoint.label},
+        "precision": options.precision,
+        "hidden_size": checkpoint.hidden_size,
+        "tasks": list(checkpoint.tasks),
+        "options": asdict(options),
+        "engines": {task: engines.report.get(task, {}) for task in checkpoint.tasks},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(repository: Path) -> dict:
+    file = Path(repository) / MANIFEST
+    if not file.is_file():
+        raise FileNotFoundError(f"{repository} has no {MANIFEST}: build it with `jina-triton build`")
+    return json.loads(file.read_text())

@@ -1,0 +1,179 @@
+"""Start the real Triton server bundled in the nvidia-pytriton wheel.
+
+The wheel ships `tritonserver`, the Python backend and one stub per Python
+version. The stub embeds the libpython it was linked against (Debian's
+3.11.2 here), so the environment Triton runs in must come from that
+interpreter: checked at start-up instead of failing in every model load.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STUB = "triton_python_backend_stub"
+
+
+class ServeError(RuntimeError):
+    pass
+
+
+def pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise ServeError("nvidia-pytriton is not installed: run `make venv` (or pip install "
+                         "'nvidia-pytriton==0.7.0')") from exc
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def _stub_source(triton: Path) -> Path:
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = triton / "python_backend_stubs" / version / STUB
+    if not stub.is_file():
+        raise ServeError(f"nvidia-pytriton has no Python-backend stub for Python {version}")
+    return stub
+
+
+def check_interpreter(stub: Path) -> None:
+    """The stub's libpython must belong to the interpreter this venv was made from."""
+    try:
+        linked = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no ldd: nothing to check against
+    match = re.search(r"libpython\S+ => (\S+)", linked)
+    if not match:
+        return
+    library = Path(match.group(1)).resolve()
+    base = Path(sys.base_prefix).resolve()
+    if base not in library.parents:
+        raise ServeError(
+            f"the Triton Python stub links {library}, but this environment was made from the "
+            f"Python at {sys.base_prefix}; models importing ssl/transformers would fail to load. "
+            f"Rebuild the venv from the interpreter that owns that library (here: `rm -rf .venv && "
+            f"make venv`, which uses /usr/bin/python3.11; see platform-notes §9).")
+
+
+def backend_dir(cache: Path | None = None) -> Path:
+    """A backend directory: the wheel's Python backend plus the stub for this Python."""
+    triton = pytriton_dir()
+    stub = _stub_source(triton)
+    check_interpreter(stub)
+    root = cache or Path(os.environ.get("JINA_TRITON_CACHE") or Path.home() / ".cache" / "jina-triton")
+    python = root / "triton-backends" / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for item in (triton / "backends" / "python").iterdir():
+        link = python / item.name
+        if item.is_file() and not link.exists():
+            link.symlink_to(item)
+    target = python / STUB
+    if not target.exists() or target.stat().st_size != stub.stat().st_size:
+        shutil.copy2(stub, target)
+    return python.parent
+
+
+@dataclass
+class TritonServer:
+    repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    log_file: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        return [str(pytriton_dir() / "bin" / "tritonserver"),
+                f"--model-repository={Path(self.repository).resolve()}",
+                f"--backend-directory={backend_dir()}",
+                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                "--allow-metrics=true", "--allow-gpu-metrics=false",
+                "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+                *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        venv_bin = str(Path(sys.executable).parent)
+        env = {**os.environ, **self.env}
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # the stub finds its bundled libcudart relative to where the wheel put it
+        libs = pytriton_dir().parent.parent / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
+        purelib = sysconfig.get_paths()["purelib"]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [purelib, env.get("PYTHONPATH")]))
+        return env
+
+    def start(self) -> "TritonServer":
+        output = open(self.log_file, "ab") if self.log_file else None
+        self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=output,
+                                        stderr=subprocess.STDOUT if output else None,
+                                        start_new_session=True)
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServeError(f"tritonserver exited with code {self.process.returncode} while "
+                                 f"loading the models{self._log_hint()}")
+            if self.ready():
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise ServeError(f"tritonserver was not ready after {timeout:.0f} s{self._log_hint()}")
+
+    def _log_hint(self) -> str:
+        if not self.log_file or not Path(self.log_file).is_file():
+            return " (see its output above)"
+        tail = Path(self.log_file).read_text(errors="replace").splitlines()[-15:]
+        return "; last log lines:\n" + "\n".join(tail)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if not self.process or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+    def __enter__(self) -> "TritonServer":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

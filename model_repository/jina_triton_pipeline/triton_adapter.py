@@ -1,0 +1,56 @@
+"""What every model.py shares: request parameters, text decoding, error responses.
+
+Errors the caller caused become INVALID_ARGUMENT with the field and the rule;
+anything else becomes INTERNAL with a generic message and an id that is also
+in the server log with the details. No traceback, path or type name leaks.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+import uuid
+
+import numpy as np
+
+from jina_triton_client.validation import InvalidArgument
+
+
+def request_parameters(request) -> dict:
+    raw = request.parameters()
+    return json.loads(raw) if raw else {}
+
+
+def decode_texts(values: np.ndarray | None, field: str) -> list[str]:
+    """Triton BYTES [n, 1] -> str per text; the field is named in every error."""
+    if values is None:
+        raise InvalidArgument(field, "is required")
+    if values.ndim != 2 or values.shape[1] != 1:
+        raise InvalidArgument(field, f"must have shape [n, 1], got {list(values.shape)}")
+    texts = []
+    for index, value in enumerate(values[:, 0]):
+        if not isinstance(value, (bytes, np.bytes_)):
+            raise InvalidArgument(f"{field}[{index}]", "must be a UTF-8 string")
+        try:
+            text = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{field}[{index}]", "is not valid UTF-8") from None
+        if not text:
+            raise InvalidArgument(f"{field}[{index}]", "is empty")
+        texts.append(text)
+    return texts
+
+
+def error_response(pb_utils, exc: BaseException):
+    if isinstance(exc, InvalidArgument):
+        return pb_utils.InferenceResponse(
+            output_tensors=[], error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+    incident = uuid.uuid4().hex[:12]
+    detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    pb_utils.Logger.log_error(f"internal error {incident}: {detail}")
+    return pb_utils.InferenceResponse(
+        output_tensors=[], error=pb_utils.TritonError(f"internal error, id {incident} (see the server log)"))
+
+
+def model_parameters(args: dict) -> dict[str, str]:
+    config = json.loads(args["model_config"])
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}

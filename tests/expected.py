@@ -1,0 +1,58 @@
+"""What the server must answer, computed from the reference encoder."""
+from __future__ import annotations
+
+import numpy as np
+
+from jina_triton_client.contract import OUTPUTS
+from jina_triton_pipeline.quantization import Calibration, to_binary, to_int8, to_ubinary, to_uint8
+
+
+class Expected:
+    def __init__(self, reference, repository, max_length):
+        self.reference = reference
+        self.calibration = Calibration.load(repository / "postprocess" / "1" / "calibration.npz")
+        self.max_length = max_length
+        self._cache = {}
+
+    def floats(self, texts, task, input_type, dimensions, truncate) -> np.ndarray:
+        key = (tuple(texts), task, input_type, truncate)
+        if key not in self._cache:
+            batch = self.reference.tokenize(list(texts), input_type, truncate, self.max_length)
+            self._cache[key] = (self.reference.pooled(task, batch),
+                                batch["attention_mask"].sum(1).numpy().astype(np.int32))
+        pooled = self._cache[key][0][:, :dimensions]
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    def token_counts(self, texts, input_type, truncate):
+        return self.reference.token_counts(list(texts), input_type, truncate, self.max_length)
+
+
+def assert_outputs_match(got: dict, want_float: np.ndarray, calibration: Calibration) -> None:
+    """Every output against the reference, with the tolerances the contract states."""
+    floats = got[OUTPUTS["float"]]
+    assert floats.shape == want_float.shape and floats.dtype == np.float32
+    cosine = np.sum(floats * want_float, axis=1) / np.linalg.norm(floats, axis=1)
+    assert cosine.min() >= 0.99999, cosine
+    near_zero = np.abs(want_float) < 1e-6
+    for name, packed in (("ubinary", to_ubinary), ("binary", to_binary)):
+        if OUTPUTS[name] in got:
+            assert got[OUTPUTS[name]].shape == packed(want_float).shape
+            assert got[OUTPUTS[name]].dtype == packed(want_float).dtype
+            bits = _bits(got[OUTPUTS[name]])[:, :want_float.shape[1]]
+            assert np.all((bits == (want_float > 0)) | near_zero), name
+    starts, steps = calibration.ranges(want_float.shape[1])
+    scaled = (want_float - starts) / steps
+    boundary = np.abs(scaled - np.round(scaled)) < 0.05  # float noise may cross a bin edge there
+    for name, quantize in (("int8", to_int8), ("uint8", to_uint8)):
+        if OUTPUTS[name] in got:
+            want = quantize(want_float, calibration).astype(np.int16)
+            diff = np.abs(got[OUTPUTS[name]].astype(np.int16) - want)
+            assert got[OUTPUTS[name]].dtype == quantize(want_float, calibration).dtype
+            assert np.all((diff == 0) | ((diff == 1) & boundary)), name
+
+
+def _bits(packed: np.ndarray) -> np.ndarray:
+    """Unpack ubinary (uint8) or binary (int8 = ubinary - 128) to one bool per dimension."""
+    if packed.dtype == np.int8:
+        packed = (packed.astype(np.int16) + 128).astype(np.uint8)
+    return np.unpackbits(packed, axis=1).astype(bool)

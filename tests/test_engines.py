@@ -1,0 +1,69 @@
+"""ONNX engines against the reference: every task, input type, dimension, padded batches."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, sample_texts
+from jina_triton.engines import build_engines, normalized, ort_session, pooled_from_session
+from jina_triton_client.contract import TASKS, encoder_name
+
+BATCHES = {  # padded batches of different lengths
+    "mixed": sample_texts(),
+    "short": ["a", "tiny query", "another short one here"],
+    "long-truncated": ["lorem ipsum dolor " * 30, "short one"],
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("input_type", ["query", "document"])
+def test_fp32_engine_matches_reference(fp32_engines, reference, task, input_type):
+    session = ort_session(fp32_engines.path(task))
+    for name, texts in BATCHES.items():
+        max_length = 48 if name == "long-truncated" else None
+        batch = reference.tokenize(texts, input_type, max_length=max_length)
+        pooled = pooled_from_session(session, batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+        for dims in (32, 256, 768):
+            want = reference.encode(texts, task, input_type, dimensions=dims, max_length=max_length)
+            got = normalized(pooled, dims)
+            cosine = np.sum(got * want, axis=1)
+            assert cosine.min() >= 0.99999, (name, dims, cosine)
+
+
+def test_int8_engines_report_cosine_against_fp32(int8_engines):
+    for task in TASKS:
+        assert int8_engines.path(task).is_file()
+        entry = int8_engines.report[task]["int8"]
+        assert entry["against"] == "fp32 engine" and 0.95 < entry["min_cosine"] <= 1.0
+
+
+def test_second_build_reuses_engines(tiny_checkpoint, reference, engine_cache, fp32_engines):
+    mtimes = {task: fp32_engines.path(task).stat().st_mtime_ns for task in TASKS}
+    messages = []
+    again = build_engines(tiny_checkpoint, "fp32", engine_cache, progress=messages.append, reference=reference)
+    assert any("reused" in m for m in messages)
+    assert {task: again.path(task).stat().st_mtime_ns for task in TASKS} == mtimes
+
+
+def test_cli_build_writes_engines_and_manifest(tmp_path, tiny_checkpoint_dir, engine_cache, int8_engines):
+    out = tmp_path / "repo"
+    result = subprocess.run([sys.executable, "-m", "jina_triton.cli", "build", "--checkpoint",
+                             str(tiny_checkpoint_dir), "--out", str(out), "--cache-dir", str(engine_cache),
+                             "--precision", "int8"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["checkpoint"]["synthetic"] is True and manifest["precision"] == "int8"
+    for task in TASKS:
+        assert (out / encoder_name(task) / "1" / "model.onnx").is_file()
+        assert manifest["engines"][task]["fp32"]["min_cosine"] >= 0.99999
+
+
+def test_cli_build_bad_checkpoint_is_a_clean_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jina_triton.cli", "build", "--checkpoint",
+                             str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "has no config.json" in result.stderr and "Traceback" not in result.stderr

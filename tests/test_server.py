@@ -1,0 +1,110 @@
+"""The real Triton server on the tiny replica, through gRPC and HTTP."""
+from __future__ import annotations
+
+import itertools
+import random
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import TEST_MAX_LENGTH, sample_texts
+from expected import Expected, assert_outputs_match
+from jina_triton_client.contract import OUTPUTS, TASKS, TEXT, TOKEN_COUNT, ensemble_name
+
+pytestmark = pytest.mark.server
+
+ALL_OUTPUTS = list(OUTPUTS.values()) + [TOKEN_COUNT]
+LONG = " ".join(f"word{i}" for i in range(120))  # longer than the test max length
+TEXTS_FIT = [sample_texts()[i] for i in (0, 1, 4, 6, 7)]  # all within the test max length
+TEXTS_LONG = TEXTS_FIT[:3] + [LONG, sample_texts()[3]]
+
+
+def infer(triton, protocol, task, texts, outputs=ALL_OUTPUTS, **parameters):
+    """One request; returns {output name: array}."""
+    if protocol == "grpc":
+        import tritonclient.grpc as client
+        connection = client.InferenceServerClient(triton.grpc_url)
+    else:
+        import tritonclient.http as client
+        connection = client.InferenceServerClient(triton.http_url)
+    data = np.array([[t.encode()] for t in texts], dtype=np.object_)
+    tensor = client.InferInput(TEXT, list(data.shape), "BYTES")
+    tensor.set_data_from_numpy(data)
+    requested = [client.InferRequestedOutput(name) for name in outputs]
+    result = connection.infer(ensemble_name(task), [tensor], outputs=requested, parameters=parameters or None)
+    return {name: result.as_numpy(name) for name in outputs}
+
+
+@pytest.fixture(scope="module")
+def expected(reference, tiny_repository):
+    return Expected(reference, tiny_repository, TEST_MAX_LENGTH)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("task", TASKS)
+def test_every_output_matches_the_reference(triton, expected, protocol, task):
+    for input_type, dims, truncate in itertools.product(("query", "document"), (32, 64, 256, 768),
+                                                        ("END", "START", "NONE")):
+        texts = TEXTS_FIT if truncate == "NONE" else TEXTS_LONG
+        got = infer(triton, protocol, task, texts, input_type=input_type, dimensions=dims, truncate=truncate)
+        want = expected.floats(texts, task, input_type, dims, truncate)
+        assert_outputs_match(got, want, expected.calibration)
+        np.testing.assert_array_equal(got[TOKEN_COUNT][:, 0], expected.token_counts(texts, input_type, truncate))
+
+
+def test_defaults_are_document_768_end(triton, expected):
+    got = infer(triton, "grpc", "retrieval", TEXTS_LONG)
+    want = expected.floats(TEXTS_LONG, "retrieval", "document", 768, "END")
+    assert_outputs_match(got, want, expected.calibration)
+    assert got[TOKEN_COUNT].max() == TEST_MAX_LENGTH
+
+
+def test_token_count_includes_prefix_and_eos(triton, reference):
+    got = infer(triton, "grpc", "clustering", ["hello world"], [TOKEN_COUNT], input_type="query")
+    ids = reference.tokenizer("Query: hello world")["input_ids"]
+    assert got[TOKEN_COUNT].tolist() == [[len(ids)]] and ids[-1] == reference.tokenizer.eos_token_id
+
+
+def test_batch_equals_one_by_one(triton):
+    texts = TEXTS_LONG + ["one more", "and another text, a little longer than the one before"]
+    batch = infer(triton, "grpc", "text-matching", texts, dimensions=256)
+    for index, text in enumerate(texts):
+        single = infer(triton, "grpc", "text-matching", [text], dimensions=256)
+        cosine = float(np.dot(batch[OUTPUTS["float"]][index], single[OUTPUTS["float"]][0]))
+        assert cosine >= 0.99999
+        assert batch[TOKEN_COUNT][index] == single[TOKEN_COUNT][0]
+        np.testing.assert_array_equal(batch[OUTPUTS["ubinary"]][index], single[OUTPUTS["ubinary"]][0])
+
+
+def test_concurrent_requests_get_their_own_answers(triton, expected):
+    rng = random.Random(3)
+    pool = sample_texts() + [LONG, "x", "a medium length sentence about databases and indexes"]
+    jobs = []
+    for _ in range(24):
+        texts = rng.sample(pool, rng.randint(1, 4))
+        jobs.append((rng.choice(TASKS), texts, rng.choice(("query", "document")),
+                     rng.choice((32, 64, 128, 256, 768)), rng.choice(("END", "START"))))
+
+    def run(job):
+        task, texts, input_type, dims, truncate = job
+        return infer(triton, "grpc", task, texts, input_type=input_type, dimensions=dims, truncate=truncate)
+
+    with ThreadPoolExecutor(max_workers=12) as executor:
+        results = list(executor.map(run, jobs))
+    for (task, texts, input_type, dims, truncate), got in zip(jobs, results):
+        assert_outputs_match(got, expected.floats(texts, task, input_type, dims, truncate), expected.calibration)
+
+
+def test_metrics_and_statistics(triton):
+    import tritonclient.grpc as grpcclient
+
+    infer(triton, "grpc", "retrieval", ["metrics please"])
+    with urllib.request.urlopen(f"http://{triton.host}:{triton.metrics_port}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert 'nv_inference_request_success{model="embed_retrieval",version="1"}' in metrics
+    assert 'nv_inference_queue_duration_us{model="encoder_retrieval",version="1"}' in metrics
+    stats = grpcclient.InferenceServerClient(triton.grpc_url).get_inference_statistics(
+        "embed_retrieval", as_json=True)
+    assert int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) >= 1
