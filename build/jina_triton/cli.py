@@ -156,6 +156,12 @@ def parser() -> argparse.ArgumentParser:
     _server_arguments(serve)
     serve.set_defaults(run=cmd_serve)
 
+    from jina_triton_client import cli as client_cli
+
+    embed = commands.add_parser("embed", help="embed texts through a running server (gRPC)")
+    client_cli.add_arguments(embed)
+    embed.set_defaults(run=client_cli.run)
+
     up = commands.add_parser("up", help="pick a checkpoint, build and serve (what `make serve` runs)")
     up.add_argument("--checkpoint", help=f"directory or repo id (default: {MODEL_REPO_ID} if it can be "
                                           f"had, else a SYNTHETIC full-size replica)")
