@@ -48,9 +48,12 @@ def test_server_text_index_maps_back_to_the_callers():
 
 @pytest.mark.slow
 def test_client_installs_on_its_own(tmp_path):
+    import shutil
+
+    source = shutil.copytree(REPO_ROOT / "client", tmp_path / "client")  # keep build/ out of the tree
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO_ROOT / "client")],
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)],
                          capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr
     listed = subprocess.run([str(venv / "bin" / "pip"), "list"], capture_output=True, text=True).stdout.lower()
