@@ -71,6 +71,8 @@ def sample_texts() -> list[str]:
 
 
 TEST_MAX_LENGTH = 64  # small, so that truncation really happens in the server tests
+TEST_LIMITS = {"max_length": TEST_MAX_LENGTH, "max_text_bytes": 4096, "max_request_bytes": 65536,
+               "token_budget": 512, "preprocess_queue_delay_us": 5000}
 
 
 @pytest.fixture(scope="session")
@@ -78,8 +80,7 @@ def tiny_repository(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engine
     from jina_triton.repository import RepositoryOptions, build_repository
 
     out = tmp_path_factory.mktemp("repo") / "tiny"
-    build_repository(tiny_checkpoint, out, RepositoryOptions(max_length=TEST_MAX_LENGTH, token_budget=512),
-                     cache_dir=engine_cache)
+    build_repository(tiny_checkpoint, out, RepositoryOptions(**TEST_LIMITS), cache_dir=engine_cache)
     return out
 
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from jina_triton_client.contract import DEFAULT_MAX_LENGTH, MODEL_REPO_ID
+from jina_triton_client.contract import ADMIN_APIS, DEFAULT_MAX_LENGTH, LIMIT_ENV, MODEL_REPO_ID
 
 log = logging.getLogger("jina_triton")
 
@@ -36,6 +37,7 @@ def cmd_build(args) -> int:
         log.warning("building from a %s", checkpoint.label)
     options = RepositoryOptions(
         precision=args.precision, max_length=args.max_length, max_batch_size=args.max_batch_size,
+        max_text_bytes=args.max_text_bytes, max_request_bytes=args.max_request_bytes,
         queue_delay_us=args.queue_delay_us, token_budget=args.token_budget,
         intra_op_threads=args.threads, encoder_instances=args.encoder_instances,
         preprocess_instances=args.preprocess_instances, postprocess_instances=args.postprocess_instances)
@@ -54,14 +56,21 @@ def run_server(repository: Path, args) -> int:
     import signal
 
     from .repository import read_manifest
-    from .serve import TritonServer
+    from .serve import Security, TritonServer
 
     manifest = read_manifest(repository)
     if manifest["checkpoint"]["synthetic"]:
         _banner(f"SERVING A {manifest['checkpoint']['label']}")
-    env = {"JINA_TRITON_MAX_LENGTH": str(args.max_length)} if args.max_length else {}
-    server = TritonServer(repository, host=args.host, http_port=args.http_port,
-                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, env=env)
+    env = {LIMIT_ENV[name]: str(getattr(args, name)) for name in LIMIT_ENV if getattr(args, name)}
+    security = Security(admin_key=args.admin_key or os.environ.get("JINA_TRITON_ADMIN_KEY"),
+                        api_key=args.api_key or os.environ.get("JINA_TRITON_API_KEY"),
+                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+    server = TritonServer(repository, host=args.host, http_host=args.http_host, http_port=args.http_port,
+                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, env=env,
+                          security=security)
+    if not security.admin_key:
+        log.info("admin APIs (%s) are locked: pass --admin-key or JINA_TRITON_ADMIN_KEY to use them",
+                 ", ".join(ADMIN_APIS))
     stopping = []
 
     def stop(signum, _frame):
@@ -140,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
     defaults = RepositoryOptions()
     build.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
                        help=f"texts per request (default {defaults.max_batch_size})")
+    build.add_argument("--max-text-bytes", type=int, default=defaults.max_text_bytes,
+                       help=f"UTF-8 bytes per text (default {defaults.max_text_bytes})")
+    build.add_argument("--max-request-bytes", type=int, default=defaults.max_request_bytes,
+                       help=f"UTF-8 text bytes per request (default {defaults.max_request_bytes})")
     build.add_argument("--queue-delay-us", type=int, default=defaults.queue_delay_us,
                        help="encoder dynamic-batching window in microseconds")
     build.add_argument("--token-budget", type=int, default=defaults.token_budget,
@@ -177,7 +190,16 @@ def _server_arguments(serve) -> None:
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--http-host", help="address for HTTP, which has no TLS (default: --host)")
     serve.add_argument("--max-length", type=int, help="lower the repository's max tokens per text")
+    serve.add_argument("--max-text-bytes", type=int, help="lower the repository's max bytes per text")
+    serve.add_argument("--max-request-bytes", type=int, help="lower the repository's max text bytes per request")
+    serve.add_argument("--admin-key", help="key (header 'admin-key') for the model-repository, model-config, "
+                                           "shared-memory, logging and trace APIs; default: locked")
+    serve.add_argument("--api-key", help="key (header 'api-key') required for inference; default: open")
+    serve.add_argument("--tls-cert", help="gRPC TLS: server certificate (PEM)")
+    serve.add_argument("--tls-key", help="gRPC TLS: server private key (PEM)")
+    serve.add_argument("--tls-client-ca", help="gRPC mutual TLS: CA that client certificates must chain to")
     serve.add_argument("--ready-timeout", type=float, default=900)
 
 

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jina_triton_client.contract import (
-    CONTRACT_VERSION, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LENGTH, MIN_MAX_LENGTH,
+    CONTRACT_VERSION, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TEXT_BYTES, MIN_MAX_LENGTH,
     POSTPROCESS_MODEL, PREPROCESS_MODEL, encoder_name, ensemble_name)
 
 from .calibration import calibrate
@@ -42,7 +43,10 @@ class RepositoryOptions:
     precision: str = "fp32"
     max_length: int = DEFAULT_MAX_LENGTH        # tokens per text, prefix and EOS included
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # texts per request
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     queue_delay_us: int = 2000                  # encoder dynamic-batching window
+    preprocess_queue_delay_us: int = 500
     token_budget: int = 8192                    # padded tokens per encoder forward pass
     intra_op_threads: int = 2
     encoder_instances: int = 1
@@ -53,9 +57,8 @@ class RepositoryOptions:
         limit = int(checkpoint.config["max_position_embeddings"])
         if not MIN_MAX_LENGTH <= self.max_length <= limit:
             raise ValueError(f"max length must be from {MIN_MAX_LENGTH} to {limit}, not {self.max_length}")
-        for name in ("max_batch_size", "queue_delay_us", "intra_op_threads", "encoder_instances",
-                     "preprocess_instances", "postprocess_instances"):
-            if getattr(self, name) < (0 if name == "queue_delay_us" else 1):
+        for name, value in asdict(self).items():
+            if isinstance(value, int) and value < (0 if name.endswith("delay_us") else 1):
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.token_budget < self.max_length:
             raise ValueError(f"token_budget ({self.token_budget}) must be at least the max length "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from jina_triton_client.contract import ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER
 
 STUB = "triton_python_backend_stub"
 
@@ -82,12 +85,45 @@ def backend_dir(cache: Path | None = None) -> Path:
 
 
 @dataclass
+class Security:
+    """Who may do what. Without an admin key the admin APIs are locked with a random one."""
+    admin_key: str | None = None      # model-repository, model-config, shared-memory, logging, trace
+    api_key: str | None = None        # inference, when set
+    tls_cert: Path | None = None      # gRPC TLS (Triton's HTTP endpoint has no TLS)
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # require client certificates signed by this CA
+
+    def arguments(self) -> list[str]:
+        admin = self.admin_key or secrets.token_urlsafe(32)
+        apis = ",".join(ADMIN_APIS)
+        args = [f"--grpc-restricted-protocol={apis}:{ADMIN_KEY_HEADER}={admin}",
+                f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={admin}"]
+        if self.admin_key:  # load/unload only make sense for someone who may call them
+            args += ["--model-control-mode=explicit", "--load-model=*"]
+        if self.api_key:
+            args += [f"--grpc-restricted-protocol=inference:{API_KEY_HEADER}={self.api_key}",
+                     f"--http-restricted-api=inference:{API_KEY_HEADER}={self.api_key}"]
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ServeError("TLS needs both a server certificate and its key")
+        if self.tls_cert:
+            args += ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls_cert}",
+                     f"--grpc-server-key={self.tls_key}"]
+            if self.tls_client_ca:
+                args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.tls_client_ca}"]
+        elif self.tls_client_ca:
+            raise ServeError("client-certificate verification needs --tls-cert and --tls-key")
+        return args
+
+
+@dataclass
 class TritonServer:
     repository: Path
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    http_host: str | None = None      # default: host
+    security: Security = field(default_factory=Security)
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     log_file: Path | None = None
@@ -95,7 +131,7 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return f"{self.http_host or self.host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
@@ -105,12 +141,12 @@ class TritonServer:
         return [str(pytriton_dir() / "bin" / "tritonserver"),
                 f"--model-repository={Path(self.repository).resolve()}",
                 f"--backend-directory={backend_dir()}",
-                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                f"--http-address={self.http_host or self.host}", f"--http-port={self.http_port}",
                 f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
                 "--allow-metrics=true", "--allow-gpu-metrics=false",
                 "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
-                *self.extra_args]
+                *self.security.arguments(), *self.extra_args]
 
     def environment(self) -> dict[str, str]:
         venv_bin = str(Path(sys.executable).parent)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .contract import (
-    DEFAULT_INPUT_TYPE, DEFAULT_MAX_BATCH_SIZE, DEFAULT_TRUNCATE, OUTPUTS, PACKED_OUTPUTS,
+    API_KEY_HEADER, GRPC_HEADER_PREFIX, DEFAULT_INPUT_TYPE, DEFAULT_MAX_BATCH_SIZE, DEFAULT_TRUNCATE, OUTPUTS, PACKED_OUTPUTS,
     PARAM_DIMENSIONS, PARAM_INPUT_TYPE, PARAM_TRUNCATE, TASKS, TEXT, TOKEN_COUNT, ensemble_name)
 from .validation import InvalidArgument, Options, check_dimensions, check_input_type, check_truncate
 
@@ -175,7 +175,8 @@ class Settings:
                  retry: RetryPolicy | None = None, max_in_flight: int = 4,
                  batch_size: int = DEFAULT_MAX_BATCH_SIZE, ssl: bool = False,
                  root_certificates: str | None = None, private_key: str | None = None,
-                 certificate_chain: str | None = None, headers: dict | None = None):
+                 certificate_chain: str | None = None, headers: dict | None = None,
+                 api_key: str | None = None):
         self.endpoints = RoundRobin(endpoint_list(url))
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -184,6 +185,8 @@ class Settings:
         self.tls = {"ssl": ssl or bool(root_certificates), "root_certificates": root_certificates,
                     "private_key": private_key, "certificate_chain": certificate_chain}
         self.headers = dict(headers or {})
+        if api_key:  # Triton checks restricted gRPC protocols under a prefixed header
+            self.headers[GRPC_HEADER_PREFIX + API_KEY_HEADER] = api_key
 
     def _call_arguments(self, module, texts: list[str], request: Request) -> dict:
         return {"model_name": request.model, "inputs": [text_tensor(module, texts)],
@@ -194,8 +197,8 @@ class Settings:
         """The error to keep for a retry; raised at once when retrying cannot help."""
         failure = EmbeddingError(status_of(exc), remap_text_index(message_of(exc), indices),
                                  self.endpoints.items[index])
-        if failure.status not in RETRYABLE:
-            raise failure from None
+        if failure.status not in RETRYABLE or "is restricted" in failure.message:
+            raise failure from None  # a missing key stays missing however often we ask
         if failure.status == "UNAVAILABLE":
             self.endpoints.mark_down(index)
         return failure

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 
 import numpy as np
@@ -23,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
                         help="extra gRPC header, e.g. an API key (repeatable)")
+    parser.add_argument("--api-key", default=os.environ.get("JINA_TRITON_API_KEY"),
+                        help="the server's inference key (default $JINA_TRITON_API_KEY)")
     parser.add_argument("--ca", help="CA certificate (PEM) to verify a TLS server")
     parser.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
     parser.add_argument("--key", help="client private key (PEM) for mutual TLS")
@@ -34,7 +37,8 @@ def run(args) -> int:
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     headers = dict(item.split("=", 1) for item in args.header)
     try:
-        with EmbeddingClient(args.url, timeout=args.timeout, headers=headers, root_certificates=args.ca,
+        with EmbeddingClient(args.url, timeout=args.timeout, headers=headers, api_key=args.api_key,
+                             root_certificates=args.ca,
                              certificate_chain=args.cert, private_key=args.key) as client:
             vectors, counts = client.embed(texts, task=args.task, input_type=args.input_type,
                                            dimensions=args.dimensions, output=args.output,

@@ -66,6 +66,18 @@ PARAM_DIMENSIONS = "dimensions"
 PARAM_TRUNCATE = "truncate"
 PARAMETERS = (PARAM_INPUT_TYPE, PARAM_DIMENSIONS, PARAM_TRUNCATE)
 
-# -- limits (defaults; the build and `serve` can lower or raise them) ---------
-DEFAULT_MAX_BATCH_SIZE = 64          # texts per request
+# -- limits (defaults: `build` sets them, `serve` may lower them) --------------
+DEFAULT_MAX_BATCH_SIZE = 64          # texts per request (Triton's max_batch_size)
+DEFAULT_MAX_TEXT_BYTES = 128 * 1024  # UTF-8 bytes per text (~4x what 8192 tokens need)
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024  # UTF-8 bytes of all texts of one request
 MIN_MAX_LENGTH = 32                  # the smallest max length a repository may be built with
+# `serve` passes its lowered limits to the models through these variables
+LIMIT_ENV = {"max_length": "JINA_TRITON_MAX_LENGTH", "max_text_bytes": "JINA_TRITON_MAX_TEXT_BYTES",
+             "max_request_bytes": "JINA_TRITON_MAX_REQUEST_BYTES"}
+
+# -- access control ------------------------------------------------------------
+# APIs that change or reveal the server's setup: behind the admin key.
+ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
+ADMIN_KEY_HEADER = "admin-key"
+API_KEY_HEADER = "api-key"            # inference, when serve is given an API key
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton's gRPC restricted-protocol headers

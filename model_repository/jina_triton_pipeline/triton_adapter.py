@@ -7,11 +7,13 @@ in the server log with the details. No traceback, path or type name leaks.
 from __future__ import annotations
 
 import json
+import os
 import traceback
 import uuid
 
 import numpy as np
 
+from jina_triton_client.contract import LIMIT_ENV
 from jina_triton_client.validation import InvalidArgument
 
 
@@ -20,16 +22,28 @@ def request_parameters(request) -> dict:
     return json.loads(raw) if raw else {}
 
 
-def decode_texts(values: np.ndarray | None, field: str) -> list[str]:
-    """Triton BYTES [n, 1] -> str per text; the field is named in every error."""
+def decode_texts(values: np.ndarray | None, field: str, max_text_bytes: int,
+                 max_request_bytes: int) -> list[str]:
+    """Triton BYTES [n, 1] -> str per text; the field is named in every error.
+
+    Empty texts are refused; whitespace-only texts are embedded (the prefix
+    gives them content, as in the official code).
+    """
     if values is None:
         raise InvalidArgument(field, "is required")
     if values.ndim != 2 or values.shape[1] != 1:
         raise InvalidArgument(field, f"must have shape [n, 1], got {list(values.shape)}")
+    if not all(isinstance(value, (bytes, np.bytes_)) for value in values[:, 0]):
+        raise InvalidArgument(field, "must hold UTF-8 strings (BYTES)")
+    total = sum(len(value) for value in values[:, 0])
+    if total > max_request_bytes:
+        raise InvalidArgument(field, f"the request holds {total} bytes of text, more than the "
+                              f"limit of {max_request_bytes}; send fewer or shorter texts per request")
     texts = []
     for index, value in enumerate(values[:, 0]):
-        if not isinstance(value, (bytes, np.bytes_)):
-            raise InvalidArgument(f"{field}[{index}]", "must be a UTF-8 string")
+        if len(value) > max_text_bytes:
+            raise InvalidArgument(f"{field}[{index}]", f"has {len(value)} bytes, more than the limit "
+                                  f"of {max_text_bytes}")
         try:
             text = bytes(value).decode("utf-8")
         except UnicodeDecodeError:
@@ -54,3 +68,10 @@ def error_response(pb_utils, exc: BaseException):
 def model_parameters(args: dict) -> dict[str, str]:
     config = json.loads(args["model_config"])
     return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def limit(parameters: dict[str, str], name: str) -> int:
+    """A limit from the model config, lowered (never raised) by `serve` through the environment."""
+    value = int(parameters[name])
+    override = os.environ.get(LIMIT_ENV[name])
+    return min(value, int(override)) if override else value

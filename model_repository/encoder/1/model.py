@@ -31,11 +31,23 @@ class TritonPythonModel:
 
     def execute(self, requests):
         try:
-            inputs = [(pb_utils.get_input_tensor_by_name(r, contract.INPUT_IDS).as_numpy(),
-                       pb_utils.get_input_tensor_by_name(r, contract.ATTENTION_MASK).as_numpy())
-                      for r in requests]
+            inputs = [self._inputs(request) for request in requests]
             hidden = run_packed(inputs, self.token_budget, self._forward)
+            return [self._response(h) for h in hidden]
+        except Exception:  # noqa: BLE001 - retry one by one so that only the culprit fails
+            return [self._respond_alone(request) for request in requests]
+
+    def _inputs(self, request):
+        return (pb_utils.get_input_tensor_by_name(request, contract.INPUT_IDS).as_numpy(),
+                pb_utils.get_input_tensor_by_name(request, contract.ATTENTION_MASK).as_numpy())
+
+    def _respond_alone(self, request):
+        try:
+            return self._response(run_packed([self._inputs(request)], self.token_budget, self._forward)[0])
         except Exception as exc:  # noqa: BLE001
-            return [error_response(pb_utils, exc) for _ in requests]
-        return [pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(contract.LAST_HIDDEN_STATE, np.ascontiguousarray(h))]) for h in hidden]
+            return error_response(pb_utils, exc)
+
+    @staticmethod
+    def _response(hidden):
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(contract.LAST_HIDDEN_STATE, np.ascontiguousarray(hidden))])

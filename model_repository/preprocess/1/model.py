@@ -1,5 +1,4 @@
 """preprocess: prefix + tokenize + truncate each request's texts."""
-import os
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
@@ -8,7 +7,7 @@ from jina_triton_client import contract
 from jina_triton_client.validation import parse_options
 from jina_triton_pipeline.tokenization import TextTokenizer
 from jina_triton_pipeline.triton_adapter import (
-    decode_texts, error_response, model_parameters, request_parameters)
+    decode_texts, error_response, limit, model_parameters, request_parameters)
 
 
 class TritonPythonModel:
@@ -16,10 +15,9 @@ class TritonPythonModel:
         params = model_parameters(args)
         self.width = int(params["hidden_size"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        max_length = int(params["max_length"])
-        if os.environ.get("JINA_TRITON_MAX_LENGTH"):  # `serve --max-length` may only lower it
-            max_length = min(max_length, int(os.environ["JINA_TRITON_MAX_LENGTH"]))
-        self.tokenizer = TextTokenizer(folder / "tokenizer.json", max_length)
+        self.max_text_bytes = limit(params, "max_text_bytes")
+        self.max_request_bytes = limit(params, "max_request_bytes")
+        self.tokenizer = TextTokenizer(folder / "tokenizer.json", limit(params, "max_length"))
 
     def execute(self, requests):
         return [self._respond(request) for request in requests]
@@ -28,7 +26,8 @@ class TritonPythonModel:
         try:
             options = parse_options(request_parameters(request), self.width)
             tensor = pb_utils.get_input_tensor_by_name(request, contract.TEXT)
-            texts = decode_texts(None if tensor is None else tensor.as_numpy(), contract.TEXT)
+            texts = decode_texts(None if tensor is None else tensor.as_numpy(), contract.TEXT,
+                                 self.max_text_bytes, self.max_request_bytes)
             batch = self.tokenizer(texts, options.input_type, options.truncate)
             return pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(contract.INPUT_IDS, batch.input_ids),
