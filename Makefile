@@ -46,3 +46,9 @@ HOST ?= 127.0.0.1
 .PHONY: serve
 serve: $(STAMP)
 	$(BIN)/jina-triton up --workdir $(ARTIFACTS) --precision $(PRECISION) --host $(HOST) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+# Throughput: bare engine vs served ensemble vs reference path, full-size SYNTHETIC replica.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/jina-triton bench --preset full --out $(ARTIFACTS)/bench $(BENCH_ARGS)

@@ -79,7 +79,7 @@ def load_model(model_dir: Path):
     config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     model = module.TritonPythonModel()
     model.initialize({"model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
-                      "model_repository": str(model_dir), "model_version": "1"})
+                      "model_repository": str(model_dir), "model_version": "1", "model_name": model_dir.name})
     return model
 
 

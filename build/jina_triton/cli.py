@@ -71,12 +71,11 @@ def run_server(repository: Path, args) -> int:
     if not security.admin_key:
         log.info("admin APIs (%s) are locked: pass --admin-key or JINA_TRITON_ADMIN_KEY to use them",
                  ", ".join(ADMIN_APIS))
-    stopping = []
 
-    def stop(signum, _frame):
-        stopping.append(signum)
+    def stop(signum, _frame):  # no waiting in here: the main thread waits below
+        server.stop_requested = True
         log.info("signal %d: stopping Triton", signum)
-        server.stop()
+        server.terminate()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -85,8 +84,8 @@ def run_server(repository: Path, args) -> int:
     log.info("ready: gRPC %s, HTTP http://%s, metrics http://%s:%d/metrics", server.grpc_url,
              server.http_url, args.host, args.metrics_port)
     log.info("try: %s", example_request(server.http_url))
-    code = server.process.wait()
-    return 0 if stopping else code
+    code = server.wait()
+    return 0 if server.stop_requested else code
 
 
 def _banner(message: str) -> None:
@@ -117,6 +116,27 @@ def cmd_up(args) -> int:
     build_repository(checkpoint, repository, RepositoryOptions(precision=args.precision),
                      progress=_step)
     return run_server(repository, args)
+
+
+def cmd_bench(args) -> int:
+    from .bench import markdown, run_bench
+    from .checkpoint import CheckpointError, open_checkpoint
+    from .synth import write_synthetic_checkpoint
+
+    out = Path(args.out)
+    if args.checkpoint:
+        checkpoint = open_checkpoint(args.checkpoint)
+    else:
+        folder = out / f"checkpoint-synthetic-{args.preset}"
+        try:
+            checkpoint = open_checkpoint(folder)
+        except CheckpointError:
+            checkpoint = open_checkpoint(write_synthetic_checkpoint(folder, args.preset, 0, progress=_step))
+    report = run_bench(checkpoint, out, tuple(args.precisions.split(",")), args.profile, args.texts,
+                       args.concurrency, args.task, Path(args.cache_dir) if args.cache_dir else None,
+                       progress=_step)
+    print(markdown(report))
+    return 0
 
 
 def example_request(http_url: str) -> str:
@@ -174,6 +194,18 @@ def parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="embed texts through a running server (gRPC)")
     client_cli.add_arguments(embed)
     embed.set_defaults(run=client_cli.run)
+
+    bench = commands.add_parser("bench", help="engine vs served vs reference throughput (make bench)")
+    bench.add_argument("--checkpoint", help="checkpoint to measure (default: a SYNTHETIC replica of --preset)")
+    bench.add_argument("--preset", choices=("tiny", "full"), default="full")
+    bench.add_argument("--out", default="artifacts/bench")
+    bench.add_argument("--precisions", default="fp32,int8")
+    bench.add_argument("--profile", choices=("query", "document", "mixed"), default="mixed")
+    bench.add_argument("--texts", type=int, default=64)
+    bench.add_argument("--concurrency", type=int, default=8)
+    bench.add_argument("--task", default="retrieval")
+    bench.add_argument("--cache-dir")
+    bench.set_defaults(run=cmd_bench)
 
     up = commands.add_parser("up", help="pick a checkpoint, build and serve (what `make serve` runs)")
     up.add_argument("--checkpoint", help=f"directory or repo id (default: {MODEL_REPO_ID} if it can be "

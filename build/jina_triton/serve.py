@@ -128,6 +128,7 @@ class TritonServer:
     env: dict[str, str] = field(default_factory=dict)
     log_file: Path | None = None
     process: subprocess.Popen | None = None
+    stop_requested: bool = False
 
     @property
     def http_url(self) -> str:
@@ -191,6 +192,27 @@ class TritonServer:
             return " (see its output above)"
         tail = Path(self.log_file).read_text(errors="replace").splitlines()[-15:]
         return "; last log lines:\n" + "\n".join(tail)
+
+    def terminate(self) -> None:
+        """Ask Triton to stop (SIGTERM) without waiting: safe inside a signal handler."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def wait(self, grace: float = 40) -> int:
+        """Wait for Triton to exit; once asked to stop, kill it after `grace` seconds."""
+        asked = None
+        while True:
+            try:
+                return self.process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if asked is None and self.stop_requested:
+                    asked = time.monotonic()
+                if asked is not None and time.monotonic() - asked > grace:
+                    self.kill()
 
     def stop(self, timeout: float = 30) -> int | None:
         if not self.process or self.process.poll() is not None:

@@ -75,3 +75,31 @@ def limit(parameters: dict[str, str], name: str) -> int:
     value = int(parameters[name])
     override = os.environ.get(LIMIT_ENV[name])
     return min(value, int(override)) if override else value
+
+
+TOKENS_METRIC = "jina_encoder_tokens_total"
+
+
+class _TokenCounters:
+    """Counters of tokens computed (padded) and real, per encoder: padded/real is the waste."""
+
+    def __init__(self, pb_utils, model_name: str):
+        # the family must outlive its metrics, so it is kept here with them
+        self.family = pb_utils.MetricFamily(name=TOKENS_METRIC, kind=pb_utils.MetricFamily.COUNTER,
+                                            description="Tokens through the encoder: kind=computed (padded) or real")
+        self.computed = self.family.Metric(labels={"model": model_name, "kind": "computed"})
+        self.real = self.family.Metric(labels={"model": model_name, "kind": "real"})
+
+    def record(self, computed: int, real: int) -> None:
+        self.computed.increment(computed)
+        self.real.increment(real)
+
+
+class _NoCounters:
+    def record(self, computed: int, real: int) -> None:
+        pass
+
+
+def token_counters(pb_utils, model_name: str):
+    """Triton custom metrics where the Python backend has them (>= 23.05), else nothing."""
+    return _TokenCounters(pb_utils, model_name) if hasattr(pb_utils, "MetricFamily") else _NoCounters()

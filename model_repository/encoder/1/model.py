@@ -10,7 +10,7 @@ import triton_python_backend_utils as pb_utils
 
 from jina_triton_client import contract
 from jina_triton_pipeline.batching import run_packed
-from jina_triton_pipeline.triton_adapter import error_response, model_parameters
+from jina_triton_pipeline.triton_adapter import error_response, model_parameters, token_counters
 
 
 class TritonPythonModel:
@@ -24,8 +24,10 @@ class TritonPythonModel:
         options.inter_op_num_threads = 1
         engine = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = ort.InferenceSession(str(engine), options, providers=["CPUExecutionProvider"])
+        self.tokens = token_counters(pb_utils, args["model_name"])
 
     def _forward(self, input_ids, attention_mask):
+        self.tokens.record(input_ids.size, int(attention_mask.sum()))
         return self.session.run([contract.LAST_HIDDEN_STATE], {
             contract.INPUT_IDS: input_ids, contract.ATTENTION_MASK: attention_mask})[0]
 

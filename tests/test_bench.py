@@ -1,0 +1,43 @@
+"""`jina-triton bench` runs end to end on the tiny replica (speed is judged by `make bench`, not here)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.server
+
+
+def test_workload_profiles_are_deterministic_and_in_range(tiny_checkpoint_dir):
+    from jina_triton.workload import Workload, token_counter
+
+    counter = token_counter(tiny_checkpoint_dir / "tokenizer.json")
+    first = Workload(counter, seed=3).texts("mixed", 20)
+    assert first == Workload(counter, seed=3).texts("mixed", 20)
+    kinds = {t.input_type for t in first}
+    assert kinds == {"query", "document"}
+    for text in first:
+        low, high = (8, 32) if text.input_type == "query" else (100, 512)
+        assert text.tokens <= high and (text.tokens >= low or text.input_type == "query")
+    assert len({t.text for t in first}) == 20
+
+
+def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_cache, int8_engines):
+    out = tmp_path / "bench"
+    result = subprocess.run([sys.executable, "-m", "jina_triton.cli", "bench", "--checkpoint",
+                             str(tiny_checkpoint_dir), "--out", str(out), "--texts", "12", "--concurrency", "4",
+                             "--cache-dir", str(engine_cache)], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(next(out.glob("bench-*.json")).read_text())
+    assert set(report["results"]) == {"engine-fp32", "served-fp32", "engine-int8", "served-int8", "reference-fp32"}
+    for run in report["results"].values():
+        assert run["texts"] == 12 and run["tokens_per_s"] > 0 and run["padded_ratio"] >= 1.0
+        assert run["short_query_ms"] > 0
+    assert "served/engine tokens/s (fp32)" in report["ratios"]
+    assert 0.9 < report["int8_cosine_vs_fp32"]["mean"] <= 1.0
+    assert "| served-fp32 |" in result.stdout
