@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
-PRESET ?= full
+PRESET ?= tiny
 PYTEST_ARGS ?=
 
 .PHONY: venv test synth-tiny synth-full clean help
@@ -52,3 +52,11 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/jina-triton bench --preset full --out $(ARTIFACTS)/bench $(BENCH_ARGS)
+
+# Load tests (locust): a concurrency sweep on a server this run starts (PRESET=tiny|full),
+# or on a running one (LOADTEST_ARGS="--url HOST:PORT --tokenizer PATH").
+LOADTEST_MODE ?= sweep
+LOADTEST_ARGS ?=
+.PHONY: loadtest
+loadtest: $(STAMP)
+	$(BIN)/python loadtest/run.py $(LOADTEST_MODE) --preset $(PRESET) --out $(ARTIFACTS)/loadtest $(LOADTEST_ARGS)

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import free_port, sample_texts
 from expected import Expected, assert_outputs_match
-from jina_triton_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, InvalidArgument
+from jina_triton_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, InvalidArgument, RetryPolicy
 from jina_triton_client.contract import OUTPUTS, TASKS
 
 pytestmark = pytest.mark.server
@@ -208,3 +208,22 @@ def test_cli_bad_arguments_fail_before_sending():
     result = _cli(["--url", f"127.0.0.1:{free_port()}", "--output", "binary", "--dimensions", "36", "x"])
     assert result.returncode == 2 and "dimensions: must be divisible by 8" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_dead_python_stub_is_reloaded_and_the_client_rides_it_out(triton):
+    """Triton 2.51 never restarts a dead stub; the supervisor reloads the model, the client retries."""
+    import psutil
+
+    stubs = [p for p in psutil.Process(triton.process.pid).children(recursive=True)
+             if any("encoder_clustering" in part for part in p.cmdline())]
+    assert stubs and triton.stubs()["encoder_clustering"] == 1
+    stubs[0].kill()
+    started = time.monotonic()
+    patient = RetryPolicy(retries=12, backoff=0.5, max_backoff=3.0)
+    with EmbeddingClient(triton.grpc_url, retry=patient) as client:
+        assert client.embed(["after the crash"], task="clustering").shape == (1, 768)
+    assert time.monotonic() - started < 30
+    deadline = time.monotonic() + 30
+    while triton.stubs().get("encoder_clustering") != 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert triton.stubs()["encoder_clustering"] == 1

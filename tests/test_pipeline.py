@@ -100,6 +100,7 @@ def test_chunks_cover_every_row_within_budget(lengths, budget):
     assert sorted(np.concatenate(chunks).tolist()) == list(range(len(lengths)))
     for chunk in chunks:
         assert len(chunk) == 1 or len(chunk) * lengths[chunk].max() <= budget
+        assert len(chunk) == 1 or len(chunk) * lengths[chunk].max() <= 1.10 * lengths[chunk].sum() + 1e-9
 
 
 def test_packed_run_equals_separate_runs():

@@ -36,7 +36,7 @@ def cmd_build(args) -> int:
     if checkpoint.synthetic:
         log.warning("building from a %s", checkpoint.label)
     options = RepositoryOptions(
-        precision=args.precision, max_length=args.max_length, max_batch_size=args.max_batch_size,
+        target=args.target, gpu_instances=args.gpu_instances, precision=args.precision, max_length=args.max_length, max_batch_size=args.max_batch_size,
         max_text_bytes=args.max_text_bytes, max_request_bytes=args.max_request_bytes,
         queue_delay_us=args.queue_delay_us, token_budget=args.token_budget,
         intra_op_threads=args.threads, encoder_instances=args.encoder_instances,
@@ -81,6 +81,7 @@ def run_server(repository: Path, args) -> int:
     signal.signal(signal.SIGTERM, stop)
     server.start()
     server.wait_ready(args.ready_timeout)
+    server.supervise(on_reload=lambda model: log.warning("a Python stub of %s died: model reloaded", model))
     log.info("ready: gRPC %s, HTTP http://%s, metrics http://%s:%d/metrics", server.grpc_url,
              server.http_url, args.host, args.metrics_port)
     log.info("try: %s", example_request(server.http_url))
@@ -163,6 +164,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--checkpoint", default=MODEL_REPO_ID,
                        help=f"checkpoint directory or HF repo id (default {MODEL_REPO_ID})")
     build.add_argument("--out", required=True, help="model repository directory to write")
+    build.add_argument("--target", choices=("cpu", "onnx-gpu", "tensorrt"), default="cpu",
+                       help="cpu (default; run here), onnx-gpu or tensorrt (GPU configs: not run here)")
+    build.add_argument("--gpu-instances", type=int, default=1, help="encoder instances per GPU (GPU targets)")
     build.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     build.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                        help=f"tokens per text, prefix and EOS included (default {DEFAULT_MAX_LENGTH})")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jina_triton_client.contract import ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE
+from jina_triton_client.contract import ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE, POOLED_STATE
 
 from .checkpoint import Checkpoint, load_backbone, load_lora
 from .corpus import corpus_sentences
@@ -29,7 +29,8 @@ from .corpus import corpus_sentences
 ENGINE_FORMAT = 1  # bump whenever the export recipe changes: it invalidates the cache
 OPSET = 17
 PRECISIONS = ("fp32", "int8")
-ENGINE_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# "pooled": the fp32 graph with last-token pooling folded in, for the GPU backends
+ENGINE_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "pooled": "model.pooled.onnx"}
 FP32_MIN_COSINE = 0.99999
 VERIFY_DIMENSIONS = (32, 256, 768)
 
@@ -88,7 +89,8 @@ def merged_encoder(checkpoint: Checkpoint, task: str, backbone=None):
     return model.eval()
 
 
-def export_onnx(model, path: Path) -> None:
+def export_onnx(model, path: Path, pooled: bool = False) -> None:
+    """last_hidden_state [batch, sequence, H]; with `pooled`, pooled_state [batch, H] at each EOS."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -98,18 +100,23 @@ def export_onnx(model, path: Path) -> None:
             self.encoder = encoder
 
         def forward(self, input_ids, attention_mask):
-            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if not pooled:
+                return hidden
+            last = attention_mask.sum(dim=1) - 1
+            return hidden[torch.arange(hidden.shape[0]), last]
 
     ids = torch.randint(0, 1000, (2, 16), dtype=torch.int64)
     mask = torch.ones_like(ids)
     mask[1, 10:] = 0  # trace with padding so the mask path is exercised
     axes = {0: "batch", 1: "sequence"}
+    output = POOLED_STATE if pooled else LAST_HIDDEN_STATE
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), sdpa_kernel(SDPBackend.MATH), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(HiddenStates(model).eval(), (ids, mask), str(path),
-                          input_names=[INPUT_IDS, ATTENTION_MASK], output_names=[LAST_HIDDEN_STATE],
-                          dynamic_axes={INPUT_IDS: axes, ATTENTION_MASK: axes, LAST_HIDDEN_STATE: axes},
+                          input_names=[INPUT_IDS, ATTENTION_MASK], output_names=[output],
+                          dynamic_axes={INPUT_IDS: axes, ATTENTION_MASK: axes, output: {0: "batch"} if pooled else axes},
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
@@ -138,10 +145,14 @@ def ort_session(path: Path, threads: int | None = None):
 
 
 def pooled_from_session(session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    hidden = session.run([LAST_HIDDEN_STATE], {INPUT_IDS: input_ids.astype(np.int64),
-                                               ATTENTION_MASK: attention_mask.astype(np.int64)})[0]
+    """Last-token states [B, H] from either kind of engine."""
+    output = session.get_outputs()[0].name
+    result = session.run([output], {INPUT_IDS: input_ids.astype(np.int64),
+                                    ATTENTION_MASK: attention_mask.astype(np.int64)})[0]
+    if output == POOLED_STATE:
+        return result
     last = attention_mask.sum(axis=1) - 1
-    return hidden[np.arange(hidden.shape[0]), last]
+    return result[np.arange(result.shape[0]), last]
 
 
 def normalized(pooled: np.ndarray, dimensions: int) -> np.ndarray:
@@ -167,8 +178,11 @@ def verification_texts() -> list[str]:
 
 # -- the build -----------------------------------------------------------------
 def build_engines(checkpoint: Checkpoint, precision: str = "fp32", cache_dir: Path | None = None,
-                  progress=None, reference=None) -> EngineSet:
-    """Export (or reuse) one engine per task and verify it against the reference encoder."""
+                  progress=None, reference=None, pooled: bool = False) -> EngineSet:
+    """Export (or reuse) one engine per task and verify it against the reference encoder.
+
+    `pooled` also exports the fp32 graph with pooling folded in (GPU targets).
+    """
     if precision not in PRECISIONS:
         raise EngineError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     report_step = progress or (lambda message: None)
@@ -176,7 +190,8 @@ def build_engines(checkpoint: Checkpoint, precision: str = "fp32", cache_dir: Pa
     report_file = directory / "report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     engines = EngineSet(directory=directory, precision=precision, report=report)
-    todo = [t for t in checkpoint.tasks if not _complete(engines, t)]
+    todo = [t for t in checkpoint.tasks if not _complete(engines, t)
+            or (pooled and "pooled" not in report.get(t, {}))]
     if not todo:
         report_step(f"engines reused from {directory}")
         return engines
@@ -191,17 +206,14 @@ def build_engines(checkpoint: Checkpoint, precision: str = "fp32", cache_dir: Pa
         fp32 = directory / task / ENGINE_FILES["fp32"]
         if not (fp32.is_file() and "fp32" in entry):
             started = time.perf_counter()
-            partial = fp32.with_suffix(".partial")
-            export_onnx(merged_encoder(checkpoint, task, backbone), partial)
-            partial.replace(fp32)
+            entry["fp32"] = _export_verified(checkpoint, task, backbone, fp32, False, batches, reference)
             entry["export_seconds"] = round(time.perf_counter() - started, 1)
-            entry["fp32"] = _verify(fp32, task, batches, reference)
-            if entry["fp32"]["min_cosine"] < FP32_MIN_COSINE:
-                fp32.unlink()
-                raise EngineError(f"{task}: fp32 engine cosine {entry['fp32']['min_cosine']:.7f} "
-                                  f"vs the reference is below {FP32_MIN_COSINE}")
-            report_step(f"{task}: fp32 exported in {entry['export_seconds']} s, "
+            report_step(f"{task}: fp32 exported and verified in {entry['export_seconds']} s, "
                         f"min cosine vs reference {entry['fp32']['min_cosine']:.7f}")
+        if pooled and "pooled" not in entry:
+            path = directory / task / ENGINE_FILES["pooled"]
+            entry["pooled"] = _export_verified(checkpoint, task, backbone, path, True, batches, reference)
+            report_step(f"{task}: pooled fp32 graph, min cosine vs reference {entry['pooled']['min_cosine']:.7f}")
         if precision == "int8" and "int8" not in entry:
             started = time.perf_counter()
             int8 = directory / task / ENGINE_FILES["int8"]
@@ -212,6 +224,19 @@ def build_engines(checkpoint: Checkpoint, precision: str = "fp32", cache_dir: Pa
                         f"min cosine vs fp32 {entry['int8']['min_cosine']:.5f}")
         report_file.write_text(json.dumps(report, indent=2))
     return engines
+
+
+def _export_verified(checkpoint, task, backbone, path: Path, pooled: bool, batches, reference) -> dict:
+    """Export the merged encoder, check it against the reference; only a good engine stays."""
+    partial = path.with_suffix(".partial")
+    export_onnx(merged_encoder(checkpoint, task, backbone), partial, pooled=pooled)
+    verdict = _verify(partial, task, batches, reference)
+    if verdict["min_cosine"] < FP32_MIN_COSINE:
+        partial.unlink()
+        raise EngineError(f"{task}: {'pooled ' if pooled else ''}fp32 engine cosine {verdict['min_cosine']:.7f} "
+                          f"vs the reference is below {FP32_MIN_COSINE}")
+    partial.replace(path)
+    return verdict
 
 
 def _complete(engines: EngineSet, task: str) -> bool:

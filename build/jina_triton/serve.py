@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -84,6 +85,33 @@ def backend_dir(cache: Path | None = None) -> Path:
     return python.parent
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGTERM when the launching process dies."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _children(root: int) -> list[int]:
+    """Every descendant pid of `root`, from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 @dataclass
 class Security:
     """Who may do what. Without an admin key the admin APIs are locked with a random one."""
@@ -93,13 +121,17 @@ class Security:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # require client certificates signed by this CA
 
+    def __post_init__(self):
+        # without a user's key the admin APIs still get one: known only to this process,
+        # which uses it to reload a model whose stub died (see TritonServer.supervise)
+        self.effective_admin_key = self.admin_key or secrets.token_urlsafe(32)
+
     def arguments(self) -> list[str]:
-        admin = self.admin_key or secrets.token_urlsafe(32)
+        admin = self.effective_admin_key
         apis = ",".join(ADMIN_APIS)
         args = [f"--grpc-restricted-protocol={apis}:{ADMIN_KEY_HEADER}={admin}",
-                f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={admin}"]
-        if self.admin_key:  # load/unload only make sense for someone who may call them
-            args += ["--model-control-mode=explicit", "--load-model=*"]
+                f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={admin}",
+                "--model-control-mode=explicit", "--load-model=*"]
         if self.api_key:
             args += [f"--grpc-restricted-protocol=inference:{API_KEY_HEADER}={self.api_key}",
                      f"--http-restricted-api=inference:{API_KEY_HEADER}={self.api_key}"]
@@ -165,8 +197,56 @@ class TritonServer:
         output = open(self.log_file, "ab") if self.log_file else None
         self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=output,
                                         stderr=subprocess.STDOUT if output else None,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
         return self
+
+    # -- supervision -------------------------------------------------------------
+    def stubs(self) -> dict[str, int]:
+        """Live Python-backend stubs of this server: model name -> how many."""
+        counts: dict[str, int] = {}
+        for pid in _children(self.process.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:
+                model = Path(argv[1].decode()).parent.parent.name
+                counts[model] = counts.get(model, 0) + 1
+        return counts
+
+    def reload(self, model: str) -> None:
+        """Unload, then load: a plain load of a loaded model with unchanged files is a no-op."""
+        for action in ("unload", "load"):
+            request = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{model}/{action}",
+                                             data=b"{}", method="POST",
+                                             headers={ADMIN_KEY_HEADER: self.security.effective_admin_key})
+            with urllib.request.urlopen(request, timeout=300):
+                pass
+
+    def supervise(self, interval: float = 1.0, on_reload=None) -> threading.Thread:
+        """Triton 2.51 does not restart a dead Python stub: its model answers 'Stub process
+        ... is not healthy' for good. This thread reloads such a model."""
+        process = self.process
+
+        def watch():
+            expected = self.stubs()
+            while self.process is process and process.poll() is None and not self.stop_requested:
+                time.sleep(interval)
+                current = self.stubs()
+                for model, count in expected.items():
+                    if current.get(model, 0) < count and process.poll() is None:
+                        try:
+                            self.reload(model)
+                            if on_reload:
+                                on_reload(model)
+                        except (urllib.error.URLError, OSError):
+                            continue
+                for model, count in self.stubs().items():  # instances may come up late
+                    expected[model] = max(count, expected.get(model, 0))
+
+        thread = threading.Thread(target=watch, name="triton-supervisor", daemon=True)
+        thread.start()
+        return thread
 
     def ready(self) -> bool:
         try:
@@ -231,6 +311,7 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        self.supervise()
         return self
 
     def __exit__(self, *exc) -> None:

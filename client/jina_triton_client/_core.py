@@ -15,6 +15,8 @@ from .contract import (
 from .validation import InvalidArgument, Options, check_dimensions, check_input_type, check_truncate
 
 RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
+# Errors that pass while the server reloads a model whose Python stub died
+TRANSIENT = (("INTERNAL", "is not healthy"), ("NOT_FOUND", "has no available versions"))
 
 
 class EmbeddingError(RuntimeError):
@@ -116,8 +118,8 @@ def message_of(exc: Exception) -> str:
 
 @dataclass
 class RetryPolicy:
-    retries: int = 4           # attempts after the first
-    backoff: float = 0.1       # seconds, doubled each retry
+    retries: int = 6           # attempts after the first
+    backoff: float = 0.2       # seconds, doubled each retry
     max_backoff: float = 5.0
 
     def delay(self, attempt: int) -> float:
@@ -197,7 +199,8 @@ class Settings:
         """The error to keep for a retry; raised at once when retrying cannot help."""
         failure = EmbeddingError(status_of(exc), remap_text_index(message_of(exc), indices),
                                  self.endpoints.items[index])
-        if failure.status not in RETRYABLE or "is restricted" in failure.message:
+        transient = any(failure.status == status and text in failure.message for status, text in TRANSIENT)
+        if (failure.status not in RETRYABLE and not transient) or "is restricted" in failure.message:
             raise failure from None  # a missing key stays missing however often we ask
         if failure.status == "UNAVAILABLE":
             self.endpoints.mark_down(index)

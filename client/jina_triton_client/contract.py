@@ -42,7 +42,8 @@ def encoder_name(task: str) -> str:
 TEXT = "text"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
-LAST_HIDDEN_STATE = "last_hidden_state"
+LAST_HIDDEN_STATE = "last_hidden_state"   # CPU encoders: [n, T, H]
+POOLED_STATE = "pooled_state"             # GPU engines pool in the graph: [n, H]
 TOKEN_COUNT = "token_count"
 
 OUTPUT_FLOAT = "embeddings"

@@ -13,15 +13,27 @@ from typing import Callable
 import numpy as np
 
 
-def plan_chunks(lengths: np.ndarray, token_budget: int) -> list[np.ndarray]:
-    """Row indices per chunk: ascending length, rows x longest <= budget (one row at least)."""
+MAX_PADDING = 1.10  # padded tokens / real tokens allowed inside one chunk
+
+
+def plan_chunks(lengths: np.ndarray, token_budget: int, max_padding: float = MAX_PADDING) -> list[np.ndarray]:
+    """Row indices per chunk, in ascending length.
+
+    A chunk closes when the next row would push rows x longest over the token
+    budget, or its padding over `max_padding` x the real tokens (a chunk always
+    takes at least one row). On a CPU a smaller batch costs little per token,
+    padding costs in full, so waste is what gets bounded.
+    """
     order = np.argsort(lengths, kind="stable")
-    chunks, current = [], []
+    chunks, current, real = [], [], 0
     for row in order:
-        if current and (len(current) + 1) * int(lengths[row]) > token_budget:
+        length = int(lengths[row])
+        padded = (len(current) + 1) * length
+        if current and (padded > token_budget or padded > max_padding * (real + length)):
             chunks.append(np.array(current))
-            current = []
+            current, real = [], 0
         current.append(row)
+        real += length
     if current:
         chunks.append(np.array(current))
     return chunks

@@ -63,8 +63,14 @@ class TextTokenizer:
             n_prefix += 1
         return ids[:n_prefix] + ids[len(ids) - (budget - n_prefix):]
 
-    def pad(self, rows: list[list[int]]) -> TokenizedBatch:
+    def pad(self, rows: list[list[int]], buckets: tuple[int, ...] = ()) -> TokenizedBatch:
+        """Right-pad to the longest row, or up to the next length bucket when buckets are given.
+
+        Buckets make requests of similar lengths the same shape, which is what
+        Triton's dynamic batcher needs to merge them for the GPU backends.
+        """
         longest = max(len(row) for row in rows)
+        longest = next((b for b in sorted(buckets) if b >= longest), longest)
         ids = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), longest), dtype=np.int64)
         for i, row in enumerate(rows):
@@ -73,5 +79,11 @@ class TextTokenizer:
         counts = np.array([[len(row)] for row in rows], dtype=np.int32)
         return TokenizedBatch(ids, mask, counts)
 
-    def __call__(self, texts: list[str], input_type: str, truncate: str) -> TokenizedBatch:
-        return self.pad(self.token_ids(texts, input_type, truncate))
+    def __call__(self, texts: list[str], input_type: str, truncate: str,
+                 buckets: tuple[int, ...] = ()) -> TokenizedBatch:
+        return self.pad(self.token_ids(texts, input_type, truncate), buckets)
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """'16,32,64' -> (16, 32, 64); '' -> () (pad to the longest only)."""
+    return tuple(sorted(int(part) for part in text.split(",") if part.strip()))

@@ -67,7 +67,8 @@ def error_response(pb_utils, exc: BaseException):
 
 def model_parameters(args: dict) -> dict[str, str]:
     config = json.loads(args["model_config"])
-    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+    # an empty string_value may be left out of the JSON altogether
+    return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
 
 
 def limit(parameters: dict[str, str], name: str) -> int:

@@ -26,9 +26,13 @@ class TritonPythonModel:
     def _respond(self, request):
         try:
             options = parse_options(request_parameters(request), self.width)
-            hidden = pb_utils.get_input_tensor_by_name(request, contract.LAST_HIDDEN_STATE).as_numpy()
             counts = pb_utils.get_input_tensor_by_name(request, contract.TOKEN_COUNT).as_numpy()
-            vectors = matryoshka(last_token(hidden, counts), options.dimensions)
+            hidden = pb_utils.get_input_tensor_by_name(request, contract.LAST_HIDDEN_STATE)
+            if hidden is not None:
+                pooled = last_token(hidden.as_numpy(), counts)
+            else:  # a GPU engine pooled in its graph
+                pooled = pb_utils.get_input_tensor_by_name(request, contract.POOLED_STATE).as_numpy()
+            vectors = matryoshka(pooled, options.dimensions)
             return pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(contract.OUTPUT_FLOAT, vectors),
                 pb_utils.Tensor(contract.OUTPUT_INT8, to_int8(vectors, self.calibration)),

@@ -1,0 +1,278 @@
+"""`make loadtest`: headless locust sweeps, a soak with memory sampling, and fault runs.
+
+    python loadtest/run.py sweep  [--scenario S] [--users 1,4,16,64] [--step-seconds 30]
+    python loadtest/run.py soak   [--scenario S] [--users 8] [--minutes 10]
+    python loadtest/run.py fault  --kind stub|restart [--users 8] [--seconds 60] [--at 15]
+
+Without --url it builds and starts a server itself (--repository DIR, or a SYNTHETIC
+replica of --preset tiny|full). Results go to --out, stamped with machine and
+versions: per-step locust CSVs and HTML, events.jsonl, summary.json, sweep.png.
+Exits non-zero if a request failed (sweep, soak), a scenario's p95 bound broke,
+or a request was lost (any mode): every request a user begins must end in one
+event, answered or failed; the count of begun requests is written when locust quits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from scenario import load_scenario  # noqa: E402
+
+
+# -- the server under test --------------------------------------------------------
+class Target:
+    """A server given by URL, or one this run builds and owns (needed for fault runs)."""
+
+    def __init__(self, args, out: Path):
+        self.server = None
+        if args.url:
+            self.grpc, self.http, self.tokenizer = args.url, args.http_url, args.tokenizer
+            if not self.tokenizer:
+                raise SystemExit("--url needs --tokenizer (the served checkpoint's tokenizer.json)")
+            return
+        repository = Path(args.repository) if args.repository else self._build(args.preset, out)
+        from jina_triton.serve import TritonServer
+        from jina_triton.bench import _port
+
+        self.server = TritonServer(repository, http_port=_port(), grpc_port=_port(), metrics_port=_port(),
+                                   log_file=out / "server.log")
+        self.server.__enter__()
+        self.grpc, self.http = self.server.grpc_url, f"http://{self.server.http_url}"
+        self.tokenizer = str(repository / "preprocess" / "1" / "tokenizer.json")
+
+    @staticmethod
+    def _build(preset: str, out: Path) -> Path:
+        from jina_triton.checkpoint import CheckpointError, open_checkpoint
+        from jina_triton.repository import build_repository
+        from jina_triton.synth import write_synthetic_checkpoint
+
+        folder = out.parent / f"checkpoint-synthetic-{preset}"
+        try:
+            checkpoint = open_checkpoint(folder)
+        except CheckpointError:
+            checkpoint = open_checkpoint(write_synthetic_checkpoint(folder, preset, 0))
+        repository = out.parent / f"repository-{preset}"
+        build_repository(checkpoint, repository)
+        return repository
+
+    def restart(self) -> float:
+        """Stop and start the owned server on the same ports; returns the downtime in seconds."""
+        started = time.monotonic()
+        self.server.stop()
+        self.server.stop_requested = False
+        self.server.start()
+        self.server.wait_ready()
+        self.server.supervise()
+        return time.monotonic() - started
+
+    def kill_stub(self, model: str) -> int:
+        """SIGKILL the Python-backend stub serving `model`; returns its pid."""
+        import psutil
+
+        for child in psutil.Process(self.server.process.pid).children(recursive=True):
+            if "triton_python_backend_stub" in child.name() and any(model in part for part in child.cmdline()):
+                child.send_signal(signal.SIGKILL)
+                return child.pid
+        raise RuntimeError(f"no stub process found for {model}")
+
+    def processes(self):
+        import psutil
+
+        root = psutil.Process(self.server.process.pid)
+        return [root] + root.children(recursive=True)
+
+    def close(self):
+        if self.server:
+            self.server.__exit__(None, None, None)
+
+
+# -- one locust run ---------------------------------------------------------------
+def locust_step(target: Target, args, users: int, seconds: float, prefix: Path, on_tick=None) -> dict:
+    events = prefix.with_suffix(".events.jsonl")
+    events.unlink(missing_ok=True)
+    env = {**os.environ, "JINA_LOADTEST_SCENARIO": args.scenario, "JINA_LOADTEST_GRPC": target.grpc,
+           "JINA_LOADTEST_HTTP": target.http or "", "JINA_LOADTEST_TOKENIZER": target.tokenizer,
+           "JINA_LOADTEST_EVENTS": str(events)}
+    classes = {"grpc": ["GrpcUser"], "http": ["HttpUser"], "both": ["GrpcUser", "HttpUser"]}[args.protocol]
+    command = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",
+               "-u", str(users), "-r", str(users), "-t", f"{int(seconds)}s", "--stop-timeout", "120",
+               "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary", "--loglevel", "WARNING",
+               *classes]
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, stdout=open(str(prefix) + ".log", "w"), stderr=subprocess.STDOUT)
+    while process.poll() is None:
+        if on_tick:
+            on_tick(time.monotonic() - started)
+        time.sleep(0.5)
+    return summarize(events, prefix, users, time.monotonic() - started)
+
+
+def summarize(events: Path, prefix: Path, users: int, wall: float) -> dict:
+    lines = [json.loads(line) for line in events.read_text().splitlines()] if events.is_file() else []
+    rows = [r for r in lines if "started" not in r]
+    started = next((r["started"] for r in lines if "started" in r), None)
+    ok = [r for r in rows if r["ok"]]
+    failed = [r for r in rows if not r["ok"]]
+    span = (max(r["t"] for r in rows) - min(r["t"] - r["ms"] / 1000 for r in rows)) if rows else 0.0
+    latencies = np.array([r["ms"] for r in ok]) if ok else np.array([np.nan])
+    return {
+        "users": users, "requests": len(rows), "failures": len(failed), "seconds": round(span, 2),
+        "requests_per_s": round(len(rows) / span, 2) if span else 0.0,
+        "texts_per_s": round(sum(r["texts"] for r in ok) / span, 2) if span else 0.0,
+        "tokens_per_s": round(sum(r["tokens"] for r in ok) / span, 1) if span else 0.0,
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p95_ms": round(float(np.percentile(latencies, 95)), 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "started": started, "lost": (started - len(rows)) if started is not None else None,
+        "locust_request_count": _locust_request_count(Path(str(prefix) + "_stats.csv")),
+        "errors": sorted({r["error"] for r in failed})[:10], "wall_seconds": round(wall, 1),
+    }
+
+
+def _locust_request_count(stats_csv: Path):
+    import csv
+
+    if not stats_csv.is_file():
+        return None
+    for row in csv.DictReader(stats_csv.open()):
+        if row.get("Name") == "Aggregated":
+            return int(row["Request Count"])
+    return None
+
+
+# -- modes ------------------------------------------------------------------------
+def sweep(target, args, out) -> dict:
+    steps = []
+    for users in [int(u) for u in args.users.split(",")]:
+        print(f"sweep: {users} users for {args.step_seconds} s", flush=True)
+        steps.append(locust_step(target, args, users, args.step_seconds, out / f"step-{users:03d}"))
+        print(json.dumps(steps[-1]), flush=True)
+    _plot(steps, out / "sweep.png", args.scenario)
+    return {"steps": steps}
+
+
+def soak(target, args, out) -> dict:
+    samples = []
+
+    def sample(elapsed):
+        if not samples or elapsed - samples[-1]["t"] >= 5:
+            rss = sum(p.memory_info().rss for p in _alive(target.processes()))
+            samples.append({"t": round(elapsed, 1), "rss_mb": round(rss / 2 ** 20, 1)})
+
+    step = locust_step(target, args, int(args.users), args.minutes * 60, out / "soak", on_tick=sample)
+    warm = [s for s in samples if s["t"] >= min(60, args.minutes * 60 / 4)] or samples
+    growth = (warm[-1]["rss_mb"] - warm[0]["rss_mb"]) if len(warm) > 1 else 0.0
+    per_1000 = growth / step["requests"] * 1000 if step["requests"] else None
+    return {"steps": [step], "memory_samples": samples,
+            "rss_growth_mb_after_warmup": round(growth, 1),
+            "rss_growth_mb_per_1000_requests": None if per_1000 is None else round(per_1000, 3)}
+
+
+def fault(target, args, out) -> dict:
+    if not target.server:
+        raise SystemExit("fault runs need a server this run owns: leave out --url")
+    happened = {}
+
+    def inject(elapsed):
+        if elapsed >= args.at and "at" not in happened:
+            happened["at"] = time.time()
+            if args.kind == "stub":
+                happened["pid"] = target.kill_stub(f"encoder_{args.model}")
+            else:  # here, not in a thread: the server dies with the thread that started it
+                happened["downtime_s"] = target.restart()
+
+    step = locust_step(target, args, int(args.users), args.seconds, out / f"fault-{args.kind}", on_tick=inject)
+    rows = [json.loads(line) for line in (out / f"fault-{args.kind}.events.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "started" not in r]
+    after = [r for r in rows if r["t"] >= happened.get("at", float("inf"))]
+    failed_after = [r for r in after if not r["ok"]]
+    first_ok = min((r["t"] for r in after if r["ok"] and r["t"] - r["ms"] / 1000 >= happened["at"]), default=None)
+    return {"steps": [step], "fault": args.kind, "fault_at_s": args.at,
+            "stub_pid_killed": happened.get("pid"), "server_downtime_s": happened.get("downtime_s"),
+            "failures_after_fault": len(failed_after),
+            "recovery_s": None if first_ok is None else round(first_ok - happened["at"], 2),
+            "answered_after_fault": len(after) - len(failed_after)}
+
+
+def _alive(processes):
+    return [p for p in processes if p.is_running()]
+
+
+def _plot(steps, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot([s["p95_ms"] for s in steps], [s["tokens_per_s"] for s in steps], marker="o")
+    for s in steps:
+        axis.annotate(f"{s['users']} users", (s["p95_ms"], s["tokens_per_s"]), textcoords="offset points",
+                      xytext=(5, 5))
+    axis.set_xlabel("p95 latency (ms)")
+    axis.set_ylabel("tokens/s")
+    axis.set_title(f"throughput vs p95 latency — {title}")
+    axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("sweep", "soak", "fault"))
+    parser.add_argument("--scenario", default="query_heavy")
+    parser.add_argument("--protocol", choices=("grpc", "http", "both"), default="grpc")
+    parser.add_argument("--url", help="gRPC HOST:PORT of a running server (default: start one)")
+    parser.add_argument("--http-url", help="http://HOST:PORT of that server (for HTTP users)")
+    parser.add_argument("--tokenizer", help="tokenizer.json of the served checkpoint (with --url)")
+    parser.add_argument("--repository", help="model repository to serve (default: a synthetic --preset)")
+    parser.add_argument("--preset", choices=("tiny", "full"), default="tiny")
+    parser.add_argument("--users", default="1,4,16,64")
+    parser.add_argument("--step-seconds", type=float, default=30)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--kind", choices=("stub", "restart"), default="stub")
+    parser.add_argument("--at", type=float, default=15, help="seconds into the fault run")
+    parser.add_argument("--model", default="retrieval", help="task whose encoder stub the stub fault kills")
+    parser.add_argument("--out", default="artifacts/loadtest")
+    args = parser.parse_args(argv)
+
+    scenario = load_scenario(args.scenario)
+    out = Path(args.out) / f"{args.mode}-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    target = Target(args, out)
+    try:
+        result = {"sweep": sweep, "soak": soak, "fault": fault}[args.mode](target, args, out)
+    finally:
+        target.close()
+    from jina_triton.bench import machine
+
+    problems = []
+    for step in result["steps"]:
+        if step["lost"] is None or step["lost"]:
+            problems.append(f"{step['lost']} request(s) lost (or unaccounted) at {step['users']} users")
+        if args.mode != "fault" and step["failures"]:
+            problems.append(f"{step['failures']} failed request(s) at {step['users']} users: {step['errors'][:3]}")
+        if step["p95_ms"] > scenario.p95_ms_max:
+            problems.append(f"p95 {step['p95_ms']} ms > bound {scenario.p95_ms_max} ms at {step['users']} users")
+    summary = {"mode": args.mode, "scenario": scenario.name, "protocol": args.protocol, "machine": machine(),
+               "server": "given" if args.url else "started by this run", **result, "problems": problems}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "memory_samples"}, indent=2))
+    print(f"results in {out}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
