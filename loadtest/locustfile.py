@@ -59,7 +59,7 @@ class GrpcUser(User):
 
     def on_start(self):
         self.rng = random.Random(id(self))
-        retry = RetryPolicy(retries=10, backoff=0.2, max_backoff=4.0)  # rides out a server restart
+        retry = RetryPolicy(retries=12, backoff=0.5, max_backoff=5.0)  # rides out a ~10 s server restart
         self.client = EmbeddingClient(os.environ["JINA_LOADTEST_GRPC"], retry=retry, timeout=300)
 
     @task

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from jina_triton.serve import free_port  # noqa: F401 - tests import it from here
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,21 +86,12 @@ def tiny_repository(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engine
     return out
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def triton(tiny_repository, tmp_path_factory):
     """The real Triton server on the tiny repository, on free loopback ports."""
     from jina_triton.serve import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "server.log"
-    server = TritonServer(tiny_repository, http_port=free_port(), grpc_port=free_port(),
-                          metrics_port=free_port(), log_file=log)
+    server = TritonServer.on_free_ports(tiny_repository, log_file=log)
     with server:
         yield server

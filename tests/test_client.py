@@ -165,8 +165,7 @@ def test_failover_loses_no_text(triton, tiny_repository, tmp_path):
     """Two servers; one is killed mid-run; every text is answered (or the call raises)."""
     from jina_triton.serve import TritonServer
 
-    second = TritonServer(tiny_repository, http_port=free_port(), grpc_port=free_port(),
-                          metrics_port=free_port(), log_file=tmp_path / "second.log")
+    second = TritonServer.on_free_ports(tiny_repository, log_file=tmp_path / "second.log")
     texts = mixed_texts(600, seed=2)
     with EmbeddingClient(triton.grpc_url) as reference_client:
         want = reference_client.embed(texts, task="classification", dimensions=64)

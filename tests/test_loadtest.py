@@ -51,3 +51,14 @@ def test_fault_run_loses_nothing(tiny_repository, tmp_path, kind, seconds):
         assert summary["stub_pid_killed"]
     else:
         assert summary["server_downtime_s"] > 0
+
+
+def test_short_soak_samples_memory(tiny_repository, tmp_path):
+    result, _ = run_loadtest("soak", "--repository", str(tiny_repository), "--scenario", "binary_small",
+                             "--users", "2", "--minutes", "0.4", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(next(tmp_path.glob("soak-*/summary.json")).read_text())
+    assert len(summary["memory_samples"]) >= 3 and summary["memory_samples"][0]["rss_mb"] > 100
+    assert summary["steps"][0]["lost"] == 0 and summary["steps"][0]["failures"] == 0
+    for window in ("after_warmup", "second_half"):
+        assert summary[window]["requests"] > 0 and summary[window]["mb_per_1000_requests"] is not None

@@ -43,8 +43,8 @@ def secure(tiny_repository, certificates, tmp_path_factory):
 
     security = Security(admin_key=ADMIN, api_key=API, tls_cert=certificates / "server.pem",
                         tls_key=certificates / "server.key", tls_client_ca=certificates / "ca.pem")
-    server = TritonServer(tiny_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          security=security, log_file=tmp_path_factory.mktemp("secure") / "server.log")
+    server = TritonServer.on_free_ports(tiny_repository, security=security,
+                                        log_file=tmp_path_factory.mktemp("secure") / "server.log")
     with server:
         yield server
 

@@ -219,8 +219,7 @@ def run_bench(checkpoint: Checkpoint, out: Path, precisions=("fp32", "int8"), pr
                                              options[precision].intra_op_threads)
         report["results"][f"engine-{precision}"] = run.summary()
         progress(f"(b) served {precision} ensemble")
-        with TritonServer(repositories[precision], http_port=_port(), grpc_port=_port(),
-                          metrics_port=_port(), log_file=out / f"server-{precision}.log") as server:
+        with TritonServer.on_free_ports(repositories[precision], log_file=out / f"server-{precision}.log") as server:
             report["results"][f"served-{precision}"] = served(server, texts, task, concurrency).summary()
     progress("(c) reference path (transformers + peft, batch 32)")
     import torch
@@ -236,14 +235,6 @@ def run_bench(checkpoint: Checkpoint, out: Path, precisions=("fp32", "int8"), pr
     (out / f"bench-{stamp}.json").write_text(json.dumps(report, indent=2))
     (out / f"bench-{stamp}.md").write_text(markdown(report))
     return report
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ratios(results: dict) -> dict:

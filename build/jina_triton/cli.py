@@ -1,4 +1,4 @@
-"""`jina-triton`: synth, build, serve and embed."""
+"""`jina-triton`: synth, build, serve, up, embed and bench."""
 from __future__ import annotations
 
 import argparse
@@ -36,7 +36,8 @@ def cmd_build(args) -> int:
     if checkpoint.synthetic:
         log.warning("building from a %s", checkpoint.label)
     options = RepositoryOptions(
-        target=args.target, gpu_instances=args.gpu_instances, precision=args.precision, max_length=args.max_length, max_batch_size=args.max_batch_size,
+        target=args.target, gpu_instances=args.gpu_instances, precision=args.precision,
+        max_length=args.max_length, max_batch_size=args.max_batch_size,
         max_text_bytes=args.max_text_bytes, max_request_bytes=args.max_request_bytes,
         queue_delay_us=args.queue_delay_us, token_budget=args.token_budget,
         intra_op_threads=args.threads, encoder_instances=args.encoder_instances,
@@ -97,7 +98,7 @@ def cmd_up(args) -> int:
     """make serve: pick a checkpoint, build the repository (engines cached), serve it."""
     from .checkpoint import CheckpointError, open_checkpoint
     from .repository import RepositoryOptions, build_repository
-    from .synth import write_synthetic_checkpoint
+    from .synth import synthetic_checkpoint
 
     workdir = Path(args.workdir)
     try:
@@ -105,14 +106,10 @@ def cmd_up(args) -> int:
     except CheckpointError as exc:
         if args.checkpoint:
             raise
-        synthetic = workdir / "checkpoints" / "synthetic-full"
         _banner(f"The real {MODEL_REPO_ID} is not available ({exc}).\n"
                 f"Serving a SYNTHETIC full-size replica with RANDOM weights: its embeddings are "
                 f"MEANINGLESS.\nPass CHECKPOINT=/path/to/checkpoint to serve real weights.")
-        try:
-            checkpoint = open_checkpoint(synthetic)
-        except CheckpointError:
-            checkpoint = open_checkpoint(write_synthetic_checkpoint(synthetic, "full", 0, progress=_step))
+        checkpoint = synthetic_checkpoint(workdir / "checkpoints" / "synthetic-full", "full", progress=_step)
     repository = workdir / "repository"
     build_repository(checkpoint, repository, RepositoryOptions(precision=args.precision),
                      progress=_step)
@@ -121,18 +118,14 @@ def cmd_up(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import markdown, run_bench
-    from .checkpoint import CheckpointError, open_checkpoint
-    from .synth import write_synthetic_checkpoint
+    from .checkpoint import open_checkpoint
+    from .synth import synthetic_checkpoint
 
     out = Path(args.out)
     if args.checkpoint:
         checkpoint = open_checkpoint(args.checkpoint)
     else:
-        folder = out / f"checkpoint-synthetic-{args.preset}"
-        try:
-            checkpoint = open_checkpoint(folder)
-        except CheckpointError:
-            checkpoint = open_checkpoint(write_synthetic_checkpoint(folder, args.preset, 0, progress=_step))
+        checkpoint = synthetic_checkpoint(out / f"checkpoint-synthetic-{args.preset}", args.preset, progress=_step)
     report = run_bench(checkpoint, out, tuple(args.precisions.split(",")), args.profile, args.texts,
                        args.concurrency, args.task, Path(args.cache_dir) if args.cache_dir else None,
                        progress=_step)

@@ -85,6 +85,15 @@ def backend_dir(cache: Path | None = None) -> Path:
     return python.parent
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _die_with_parent() -> None:
     """In the child before exec: Linux sends it SIGTERM when the launching process dies."""
     try:
@@ -161,6 +170,10 @@ class TritonServer:
     log_file: Path | None = None
     process: subprocess.Popen | None = None
     stop_requested: bool = False
+
+    @classmethod
+    def on_free_ports(cls, repository: Path, **settings) -> "TritonServer":
+        return cls(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **settings)
 
     @property
     def http_url(self) -> str:

@@ -160,3 +160,13 @@ def write_synthetic_checkpoint(out: Path, preset: str = "tiny", seed: int = 0,
         f"`jina-triton synth`. Its embeddings are meaningless: use it only to test and benchmark "
         f"the serving code.\n")
     return out
+
+
+def synthetic_checkpoint(folder: Path, preset: str, seed: int = 0, progress=None):
+    """The synthetic checkpoint in `folder`, written first if it is not there (or broken)."""
+    from .checkpoint import CheckpointError, open_checkpoint
+
+    try:
+        return open_checkpoint(folder)
+    except CheckpointError:
+        return open_checkpoint(write_synthetic_checkpoint(folder, preset, seed, progress=progress))
