@@ -29,6 +29,8 @@ sys.path.insert(0, str(HERE))
 
 from scenario import load_scenario  # noqa: E402
 
+STOP_TIMEOUT_S = 120  # locust lets running requests finish this long after the end of a step
+
 
 # -- the server under test --------------------------------------------------------
 class Target:
@@ -99,16 +101,25 @@ def locust_step(target: Target, args, users: int, seconds: float, prefix: Path, 
            "JINA_LOADTEST_EVENTS": str(events)}
     classes = {"grpc": ["GrpcUser"], "http": ["HttpUser"], "both": ["GrpcUser", "HttpUser"]}[args.protocol]
     command = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",
-               "-u", str(users), "-r", str(users), "-t", f"{int(seconds)}s", "--stop-timeout", "120",
+               "-u", str(users), "-r", str(users), "-t", f"{int(seconds)}s", "--stop-timeout", str(STOP_TIMEOUT_S),
                "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary", "--loglevel", "WARNING",
                *classes]
+    from jina_triton.serve import die_with_parent
+
     started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stdout=open(str(prefix) + ".log", "w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, env=env, stdout=open(str(prefix) + ".log", "w"), stderr=subprocess.STDOUT,
+                               preexec_fn=die_with_parent)
+    deadline = seconds + STOP_TIMEOUT_S + 60  # locust must be done by then, or it hangs
+    killed = False
     while process.poll() is None:
+        elapsed = time.monotonic() - started
         if on_tick:
-            on_tick(time.monotonic() - started)
+            on_tick(elapsed)
+        if elapsed > deadline:
+            process.kill()
+            killed = True
         time.sleep(0.5)
-    return summarize(events, prefix, users, time.monotonic() - started)
+    return {**summarize(events, prefix, users, time.monotonic() - started), "killed_after_deadline": killed}
 
 
 def summarize(events: Path, prefix: Path, users: int, wall: float) -> dict:
@@ -263,6 +274,8 @@ def main(argv=None) -> int:
 
     problems = []
     for step in result["steps"]:
+        if step["killed_after_deadline"]:
+            problems.append(f"locust did not stop by itself at {step['users']} users and was killed")
         if step["lost"] is None or step["lost"]:
             problems.append(f"{step['lost']} request(s) lost (or unaccounted) at {step['users']} users")
         if args.mode != "fault" and step["failures"]:

@@ -94,7 +94,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: Linux sends it SIGTERM when the launching process dies."""
     try:
         import ctypes
@@ -210,7 +210,7 @@ class TritonServer:
         output = open(self.log_file, "ab") if self.log_file else None
         self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=output,
                                         stderr=subprocess.STDOUT if output else None,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True, preexec_fn=die_with_parent)
         return self
 
     # -- supervision -------------------------------------------------------------
