@@ -12,6 +12,7 @@ import pytest
 from conftest import TEST_MAX_LENGTH, sample_texts
 from expected import Expected, assert_outputs_match
 from jina_triton_client.contract import OUTPUTS, TASKS, TEXT, TOKEN_COUNT, ensemble_name
+from jina_triton_pipeline.triton_adapter import token_totals
 
 pytestmark = pytest.mark.server
 
@@ -105,9 +106,7 @@ def test_metrics_and_statistics(triton):
         metrics = reply.read().decode()
     assert 'nv_inference_request_success{model="embed_retrieval",version="1"}' in metrics
     assert 'nv_inference_queue_duration_us{model="encoder_retrieval",version="1"}' in metrics
-    counted = [line for line in metrics.splitlines() if line.startswith("jina_encoder_tokens_total{")
-               and 'model="encoder_retrieval"' in line]
-    values = {("computed" if 'kind="computed"' in line else "real"): float(line.rsplit(" ", 1)[1]) for line in counted}
+    values = token_totals(metrics, "encoder_retrieval")
     assert values["real"] >= 1 and values["computed"] >= values["real"]
     stats = grpcclient.InferenceServerClient(triton.grpc_url).get_inference_statistics(
         "embed_retrieval", as_json=True)

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -111,32 +110,21 @@ def _requests(texts: list[Text], documents_per_request: int) -> list[list[Text]]
 
 
 def _encoder_tokens(metrics_url: str) -> dict[str, float]:
-    from jina_triton_pipeline.triton_adapter import TOKENS_METRIC
+    from jina_triton_pipeline.triton_adapter import token_totals
 
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        text = reply.read().decode()
-    totals = {"computed": 0.0, "real": 0.0}
-    for line in text.splitlines():
-        if line.startswith(TOKENS_METRIC + "{"):
-            kind = "computed" if 'kind="computed"' in line else "real"
-            totals[kind] += float(line.rsplit(" ", 1)[1])
-    return totals
+        return token_totals(reply.read().decode())
 
 
 def served(server, texts: list[Text], task: str, concurrency: int, documents_per_request: int = 4) -> Run:
     from jina_triton_client import EmbeddingClient
 
     requests = _requests(texts, documents_per_request)
-    local = threading.local()
-
-    def client():
-        if not hasattr(local, "client"):
-            local.client = EmbeddingClient(server.grpc_url, timeout=600)
-        return local.client
+    client = EmbeddingClient(server.grpc_url, timeout=600)  # keeps one connection per thread itself
 
     def send(group: list[Text]) -> float:
         started = time.perf_counter()
-        client().embed([t.text for t in group], task=task, input_type=group[0].input_type)
+        client.embed([t.text for t in group], task=task, input_type=group[0].input_type)
         return (time.perf_counter() - started) * 1000
 
     metrics = f"http://{server.host}:{server.metrics_port}/metrics"

@@ -308,13 +308,14 @@ class TritonServer:
                     self.kill()
 
     def stop(self, timeout: float = 30) -> int | None:
-        if not self.process or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
+        """SIGTERM, then SIGKILL to the whole group after `timeout` seconds."""
+        if not self.process:
+            return None
+        self.terminate()
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            self.kill()
             return self.process.wait()
 
     def __enter__(self) -> "TritonServer":

@@ -81,6 +81,16 @@ def limit(parameters: dict[str, str], name: str) -> int:
 TOKENS_METRIC = "jina_encoder_tokens_total"
 
 
+def token_totals(metrics_text: str, model: str | None = None) -> dict[str, float]:
+    """Sum the encoders' token counters from a Prometheus scrape (optionally of one model)."""
+    totals = {"computed": 0.0, "real": 0.0}
+    for line in metrics_text.splitlines():
+        if line.startswith(TOKENS_METRIC + "{") and (model is None or f'model="{model}"' in line):
+            kind = "computed" if 'kind="computed"' in line else "real"
+            totals[kind] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
 class _TokenCounters:
     """Counters of tokens computed (padded) and real, per encoder: padded/real is the waste."""
 
