@@ -44,7 +44,7 @@ class Target:
                 raise SystemExit("--url needs --tokenizer (the served checkpoint's tokenizer.json)")
             return
         repository = Path(args.repository) if args.repository else self._build(args.preset, out)
-        from jina_triton.serve import TritonServer
+        from jina_triton_serving.server import TritonServer
 
         self.server = TritonServer.on_free_ports(repository, log_file=out / "server.log")
         self.server.__enter__()
@@ -53,8 +53,8 @@ class Target:
 
     @staticmethod
     def _build(preset: str, out: Path) -> Path:
-        from jina_triton.repository import build_repository
-        from jina_triton.synth import synthetic_checkpoint
+        from jina_triton_build.repository import build_repository
+        from jina_triton_build.synth import synthetic_checkpoint
 
         checkpoint = synthetic_checkpoint(out.parent / f"checkpoint-synthetic-{preset}", preset)
         repository = out.parent / f"repository-{preset}"
@@ -104,7 +104,7 @@ def locust_step(target: Target, args, users: int, seconds: float, prefix: Path, 
                "-u", str(users), "-r", str(users), "-t", f"{int(seconds)}s", "--stop-timeout", str(STOP_TIMEOUT_S),
                "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary", "--loglevel", "WARNING",
                *classes]
-    from jina_triton.serve import die_with_parent
+    from jina_triton_serving.server import die_with_parent
 
     started = time.monotonic()
     process = subprocess.Popen(command, env=env, stdout=open(str(prefix) + ".log", "w"), stderr=subprocess.STDOUT,
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
         result = {"sweep": sweep, "soak": soak, "fault": fault}[args.mode](target, args, out)
     finally:
         target.close()
-    from jina_triton.bench import machine
+    from jina_triton_serving.bench import machine
 
     problems = []
     for step in result["steps"]:

@@ -55,7 +55,7 @@ class TextPool:
     """Deterministic texts per workload profile, from the shipped corpus."""
 
     def __init__(self, tokenizer_file: str, size: int = 200, seed: int = 0):
-        from jina_triton.workload import Workload, token_counter
+        from jina_triton_serving.workload import Workload, token_counter
 
         workload = Workload(token_counter(tokenizer_file), seed)
         self.pools = {profile: workload.texts(profile, size) for profile in ("query", "document", "mixed")}

@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny SYNTHETIC checkpoint, its reference encoder and engines."""
+"""Shared fixtures: one tiny SYNTHETIC checkpoint (real Llama-3 vocabulary), its reference
+encoder, engines, repositories and servers."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jina_triton.serve import free_port  # noqa: F401 - tests import it from here
+from jina_triton_serving.server import free_port  # noqa: F401 - tests import it from here
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -15,21 +16,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint_dir(tmp_path_factory) -> Path:
-    from jina_triton.synth import write_synthetic_checkpoint
+    from jina_triton_build.synth import write_synthetic_checkpoint
 
-    return write_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", preset="tiny", seed=7)
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", preset="tiny", seed=7,
+                                      tokenizer="real")
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_checkpoint_dir):
-    from jina_triton.checkpoint import open_checkpoint
+    from jina_triton_build.checkpoint import open_checkpoint
 
     return open_checkpoint(tiny_checkpoint_dir)
 
 
 @pytest.fixture(scope="session")
 def reference(tiny_checkpoint):
-    from jina_triton.reference import ReferenceEncoder
+    from jina_triton_build.reference import ReferenceEncoder
 
     return ReferenceEncoder(tiny_checkpoint)
 
@@ -41,21 +43,21 @@ def engine_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fp32_engines(tiny_checkpoint, reference, engine_cache):
-    from jina_triton.engines import build_engines
+    from jina_triton_build.engines import build_engines
 
     return build_engines(tiny_checkpoint, "fp32", engine_cache, reference=reference)
 
 
 @pytest.fixture(scope="session")
 def int8_engines(tiny_checkpoint, reference, engine_cache, fp32_engines):
-    from jina_triton.engines import build_engines
+    from jina_triton_build.engines import build_engines
 
     return build_engines(tiny_checkpoint, "int8", engine_cache, reference=reference)
 
 
 def sample_texts() -> list[str]:
     """Texts of very different lengths (padded batches), several languages and scripts."""
-    from jina_triton.corpus import corpus_entries
+    from jina_triton_build.corpus import corpus_entries
 
     by_lang: dict[str, list[str]] = {}
     for lang, sentence in corpus_entries():
@@ -74,24 +76,58 @@ def sample_texts() -> list[str]:
 
 TEST_MAX_LENGTH = 64  # small, so that truncation really happens in the server tests
 TEST_LIMITS = {"max_length": TEST_MAX_LENGTH, "max_text_bytes": 4096, "max_request_bytes": 65536,
-               "token_budget": 512, "preprocess_queue_delay_us": 5000}
+               "max_request_tokens": 4096, "token_budget": 512, "preprocess_queue_delay_us": 5000}
+
+
+def build_test_repository(checkpoint, out, cache, reference=None, **options):
+    from jina_triton_build.options import BuildOptions
+    from jina_triton_build.repository import build_repository
+
+    build_repository(checkpoint, out, BuildOptions(**{**TEST_LIMITS, **options}), cache_dir=cache, reference=reference)
+    return out
 
 
 @pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines):
-    from jina_triton.repository import RepositoryOptions, build_repository
+def tiny_repository(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines, reference):
+    return build_test_repository(tiny_checkpoint, tmp_path_factory.mktemp("repo") / "tiny", engine_cache, reference)
 
-    out = tmp_path_factory.mktemp("repo") / "tiny"
-    build_repository(tiny_checkpoint, out, RepositoryOptions(**TEST_LIMITS), cache_dir=engine_cache)
-    return out
+
+@pytest.fixture(scope="session")
+def cuda_repository(tmp_path_factory, tiny_checkpoint, engine_cache, reference):
+    """The `cuda` target; with no GPU here its encoders run PyTorch on the CPU in fp32."""
+    return build_test_repository(tiny_checkpoint, tmp_path_factory.mktemp("repo") / "cuda", engine_cache, reference,
+                                 target="cuda", encoder_instances=1)
 
 
 @pytest.fixture(scope="session")
 def triton(tiny_repository, tmp_path_factory):
     """The real Triton server on the tiny repository, on free loopback ports."""
-    from jina_triton.serve import TritonServer
+    from jina_triton_serving.server import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "server.log"
     server = TritonServer.on_free_ports(tiny_repository, log_file=log)
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tensorrt_repository(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines, reference):
+    """The `tensorrt` target: rendered and parsed here, never served (no TensorRT)."""
+    return build_test_repository(tiny_checkpoint, tmp_path_factory.mktemp("repo") / "tensorrt", engine_cache,
+                                 reference, target="tensorrt", max_length=512)
+
+
+@pytest.fixture(scope="session")
+def triton_cuda(cuda_repository, tmp_path_factory):
+    """The real Triton server on the `cuda` target (PyTorch encoders; fp32 on this CPU machine)."""
+    from jina_triton_serving.server import TritonServer
+
+    server = TritonServer.on_free_ports(cuda_repository, log_file=tmp_path_factory.mktemp("triton-cuda") / "server.log")
+    with server:
+        yield server
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def any_target(request):
+    """A served target by name: `cpu` (onnxruntime) or `cuda` (PyTorch)."""
+    return request.getfixturevalue({"cpu": "triton", "cuda": "triton_cuda"}[request.param])

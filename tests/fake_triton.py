@@ -20,9 +20,16 @@ class Tensor:
     def as_numpy(self):
         return self._array
 
+    def to_dlpack(self):
+        return self._array
+
+    @classmethod
+    def from_dlpack(cls, name, tensor):
+        return cls(name, tensor.numpy())
+
 
 class TritonError:
-    INTERNAL, INVALID_ARG = "INTERNAL", "INVALID_ARG"
+    INTERNAL, INVALID_ARG, UNAVAILABLE = "INTERNAL", "INVALID_ARG", "UNAVAILABLE"
 
     def __init__(self, message, code=INTERNAL):
         self._message, self._code = message, code
@@ -41,12 +48,19 @@ class InferenceResponse:
 
 
 class Request:
-    def __init__(self, inputs: dict, parameters: dict | None = None):
+    def __init__(self, inputs: dict, parameters: dict | None = None, request_id: str = "", cancelled: bool = False):
         self.inputs = {name: Tensor(name, value) for name, value in inputs.items()}
         self._parameters = json.dumps(parameters or {})
+        self._id, self._cancelled = request_id, cancelled
 
     def parameters(self):
         return self._parameters
+
+    def request_id(self):
+        return self._id
+
+    def is_cancelled(self):
+        return self._cancelled
 
 
 class Logger:
@@ -79,7 +93,8 @@ def load_model(model_dir: Path):
     config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     model = module.TritonPythonModel()
     model.initialize({"model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
-                      "model_repository": str(model_dir), "model_version": "1", "model_name": model_dir.name})
+                      "model_repository": str(model_dir), "model_version": "1", "model_name": model_dir.name,
+                      "model_instance_kind": "CPU", "model_instance_device_id": "0"})
     return model
 
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.server
 
 
 def test_workload_profiles_are_deterministic_and_in_range(tiny_checkpoint_dir):
-    from jina_triton.workload import Workload, token_counter
+    from jina_triton_serving.workload import Workload, token_counter
 
     counter = token_counter(tiny_checkpoint_dir / "tokenizer.json")
     first = Workload(counter, seed=3).texts("mixed", 20)
@@ -28,7 +28,7 @@ def test_workload_profiles_are_deterministic_and_in_range(tiny_checkpoint_dir):
 
 def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_cache, int8_engines):
     out = tmp_path / "bench"
-    result = subprocess.run([sys.executable, "-m", "jina_triton.cli", "bench", "--checkpoint",
+    result = subprocess.run([sys.executable, "-m", "jina_triton_serving.cli", "bench", "--checkpoint",
                              str(tiny_checkpoint_dir), "--out", str(out), "--texts", "12", "--concurrency", "4",
                              "--cache-dir", str(engine_cache)], capture_output=True, text=True, cwd=REPO_ROOT,
                             timeout=600)

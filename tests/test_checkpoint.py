@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from jina_triton.checkpoint import (
+from jina_triton_build.checkpoint import (
     ADAPTERS_DIR, CheckpointError, expected_backbone_shapes, load_backbone, lora_shapes,
     open_checkpoint, Checkpoint)
-from jina_triton.synth import synthetic_config
+from jina_triton_build.synth import synthetic_config
 from jina_triton_client.contract import MODEL_REPO_ID, TASKS
 
 
@@ -52,7 +52,7 @@ def test_synthetic_checkpoint_round_trips(tiny_checkpoint, tiny_checkpoint_dir):
 
 
 def test_synthesis_is_seeded(tmp_path, tiny_checkpoint_dir):
-    from jina_triton.synth import write_synthetic_checkpoint
+    from jina_triton_build.synth import write_synthetic_checkpoint
 
     again = write_synthetic_checkpoint(tmp_path / "again", preset="tiny", seed=7)
     assert open_checkpoint(again).fingerprint == open_checkpoint(tiny_checkpoint_dir).fingerprint
@@ -135,7 +135,7 @@ def test_not_a_directory_nor_a_repo_id(tmp_path):
 
 def _open_offline(hf_home, source):
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
-    code = ("import sys; from jina_triton.checkpoint import open_checkpoint, CheckpointError\n"
+    code = ("import sys; from jina_triton_build.checkpoint import open_checkpoint, CheckpointError\n"
             "try:\n print(open_checkpoint(sys.argv[1]).path)\n"
             "except CheckpointError as e:\n print('ERROR', e); sys.exit(3)")
     return subprocess.run([sys.executable, "-c", code, source], env=env, capture_output=True, text=True)

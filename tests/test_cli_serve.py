@@ -19,7 +19,7 @@ pytestmark = pytest.mark.server
 def test_serve_prints_a_working_example_and_stops_on_sigterm(tiny_repository):
     ports = [free_port() for _ in range(3)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "jina_triton.cli", "serve", "--repository", str(tiny_repository),
+        [sys.executable, "-m", "jina_triton_serving.cli", "serve", "--repository", str(tiny_repository),
          "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, example = [], None

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import free_port, sample_texts
 from expected import Expected, assert_outputs_match
-from jina_triton_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, InvalidArgument, RetryPolicy
+from jina_triton_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, InvalidArgument, Limits, RetryPolicy
 from jina_triton_client.contract import OUTPUTS, TASKS
 
 pytestmark = pytest.mark.server
@@ -141,8 +141,8 @@ def test_client_and_server_say_the_same(triton, parameters):
 
 def test_server_errors_name_the_callers_index(triton):
     texts = ["a", "b", "c", LONG]
-    with pytest.raises(EmbeddingError, match=r"INVALID_ARGUMENT: .*text\[3\]: has \d+ tokens") as error:
-        EmbeddingClient(triton.grpc_url, batch_size=4).embed(texts, task="retrieval", truncate="NONE")
+    with pytest.raises(EmbeddingError, match=r"INVALID_ARGUMENT: .*text\[3\]: has more than 64 tokens") as error:
+        EmbeddingClient(triton.grpc_url, limits=Limits(max_texts=4)).embed(texts, task="retrieval", truncate="NONE")
     assert error.value.status == "INVALID_ARGUMENT"
 
 
@@ -163,14 +163,14 @@ def test_headers_are_sent(triton):
 
 def test_failover_loses_no_text(triton, tiny_repository, tmp_path):
     """Two servers; one is killed mid-run; every text is answered (or the call raises)."""
-    from jina_triton.serve import TritonServer
+    from jina_triton_serving.server import TritonServer
 
     second = TritonServer.on_free_ports(tiny_repository, log_file=tmp_path / "second.log")
     texts = mixed_texts(600, seed=2)
     with EmbeddingClient(triton.grpc_url) as reference_client:
         want = reference_client.embed(texts, task="classification", dimensions=64)
     with second:
-        client = EmbeddingClient([second.grpc_url, triton.grpc_url], batch_size=8, max_in_flight=2)
+        client = EmbeddingClient([second.grpc_url, triton.grpc_url], limits=Limits(max_texts=8), max_in_flight=2)
         killer = threading.Timer(1.5, lambda: os.killpg(second.process.pid, signal.SIGKILL))
         killer.start()
         started = time.monotonic()
@@ -182,7 +182,7 @@ def test_failover_loses_no_text(triton, tiny_repository, tmp_path):
 
 
 def _cli(args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "jina_triton.cli", "embed", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "jina_triton_serving.cli", "embed", *args], input=stdin,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -215,7 +215,7 @@ def test_a_dead_python_stub_is_reloaded_and_the_client_rides_it_out(triton):
 
     stubs = [p for p in psutil.Process(triton.process.pid).children(recursive=True)
              if any("encoder_clustering" in part for part in p.cmdline())]
-    assert stubs and triton.stubs()["encoder_clustering"] == 1
+    assert stubs and triton.stubs()["encoder_clustering"] == 2
     stubs[0].kill()
     started = time.monotonic()
     patient = RetryPolicy(retries=12, backoff=0.5, max_backoff=3.0)
@@ -223,6 +223,6 @@ def test_a_dead_python_stub_is_reloaded_and_the_client_rides_it_out(triton):
         assert client.embed(["after the crash"], task="clustering").shape == (1, 768)
     assert time.monotonic() - started < 30
     deadline = time.monotonic() + 30
-    while triton.stubs().get("encoder_clustering") != 1 and time.monotonic() < deadline:
+    while triton.stubs().get("encoder_clustering") != 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert triton.stubs()["encoder_clustering"] == 1
+    assert triton.stubs()["encoder_clustering"] == 2

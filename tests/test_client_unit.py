@@ -1,4 +1,4 @@
-"""Client pieces without a server: endpoint rotation, backoff, batching plan, install."""
+"""Client pieces without a server: endpoint rotation, the retry policy, the batching plan, reassembly, install."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,24 @@ import time
 import pytest
 
 from conftest import REPO_ROOT
-from jina_triton_client._core import RetryPolicy, RoundRobin, plan_batches, remap_text_index
+from jina_triton_client import EmbeddingError, Limits
+from jina_triton_client.errors import remap_text_index
+from jina_triton_client.planning import Assembler, plan_batches
+from jina_triton_client.retry import Attempts, RetryPolicy, RoundRobin
+
+
+class Answer(Exception):
+    """A tritonclient-like failure."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self._status, self._message = status, message
+
+    def status(self):
+        return f"StatusCode.{self._status}"
+
+    def message(self):
+        return self._message
 
 
 def test_round_robin_takes_turns_and_skips_a_down_endpoint():
@@ -38,7 +55,63 @@ def test_backoff_is_exponential_with_full_jitter():
 
 def test_batches_are_sorted_by_length_and_bounded():
     texts = ["x" * n for n in (5, 1, 9, 3, 7)]
-    assert plan_batches(texts, 2) == [[1, 3], [0, 4], [2]]
+    assert plan_batches(texts, Limits(max_texts=2)) == [[1, 3], [0, 4], [2]]
+
+
+def test_batches_are_cut_by_bytes_and_token_upper_bounds_too():
+    texts = ["é" * 300, "a" * 10, "b" * 700, "c" * 1000]  # 600, 10, 700, 1000 bytes
+    by_bytes = plan_batches(texts, Limits(max_bytes=1400))
+    assert by_bytes == [[1, 0, 2], [3]]
+    # upper bound per text: min(max_length, bytes of prefix + text + EOS) = 512 for the long ones
+    assert plan_batches(texts, Limits(max_tokens=1100, max_length=512)) == [[1, 0, 2], [3]]  # 21 + 512 + 512
+    assert plan_batches(texts, Limits(max_tokens=1000, max_length=512)) == [[1, 0], [2], [3]]
+
+
+def test_reassembly_checks_the_rows_the_server_sent():
+    import numpy as np
+
+    assembler = Assembler(3)
+    assembler.add([2, 0], np.ones((2, 4), np.float32), np.array([[5], [6]], np.int32))
+    with pytest.raises(EmbeddingError, match="answered 1 rows for 2 texts"):
+        assembler.add([1, 2], np.ones((1, 4), np.float32), np.array([[5]], np.int32))
+    with pytest.raises(EmbeddingError, match="answered float32\\[1, 8\\]"):
+        assembler.add([1], np.ones((1, 8), np.float32), np.array([[5]], np.int32))
+
+
+def _attempts(**policy):
+    return Attempts(RetryPolicy(backoff=0.0, **policy), RoundRobin(["a", "b"]), [4, 9], deadline=None)
+
+
+def test_retries_overload_but_not_bad_requests():
+    attempts = _attempts(retries=3)
+    attempts.endpoint()
+    assert attempts.failed(Answer("UNAVAILABLE", "Exceeds maximum queue size")) == 0.0
+    attempts.endpoint()
+    with pytest.raises(EmbeddingError, match="INVALID_ARGUMENT: text\\[9\\]: is empty"):
+        attempts.failed(Answer("INVALID_ARGUMENT", "text[1]: is empty"))
+
+
+def test_a_request_that_crashed_a_stub_twice_is_not_retried():
+    attempts = _attempts(retries=6)
+    attempts.endpoint()
+    attempts.failed(Answer("INTERNAL", "Stub process 'encoder_retrieval_0_0' is not healthy."))
+    attempts.endpoint()
+    attempts.failed(Answer("NOT_FOUND", "Request for unknown model: 'x' has no available versions"))
+    attempts.endpoint()
+    with pytest.raises(EmbeddingError, match="a stub died on this request twice"):
+        attempts.failed(Answer("INTERNAL", "Stub process 'encoder_retrieval_0_1' is not healthy."))
+
+
+def test_one_deadline_for_the_whole_call():
+    attempts = Attempts(RetryPolicy(backoff=10.0), RoundRobin(["a"]), [0], deadline=time.monotonic() + 0.2)
+    attempts.endpoint()
+    assert 0 < attempts.remaining() <= 0.2
+    with pytest.raises(EmbeddingError, match="UNAVAILABLE"):  # the pause would outlast the deadline
+        for _ in range(50):
+            attempts.failed(Answer("UNAVAILABLE", "busy"))
+    time.sleep(0.25)
+    with pytest.raises(EmbeddingError, match="DEADLINE_EXCEEDED"):
+        attempts.remaining()
 
 
 def test_server_text_index_maps_back_to_the_callers():

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, sample_texts
-from jina_triton.engines import build_engines, normalized, ort_session, pooled_from_session
-from jina_triton_client.contract import TASKS, encoder_name
+from jina_triton_build.engines import build_engines, ort_session, run_session
+from jina_triton_client.contract import TASKS
+from jina_triton_pipeline.internals import encoder_name
+from jina_triton_pipeline.pooling import matryoshka
 
 BATCHES = {  # padded batches of different lengths
     "mixed": sample_texts(),
@@ -26,10 +28,10 @@ def test_fp32_engine_matches_reference(fp32_engines, reference, task, input_type
     for name, texts in BATCHES.items():
         max_length = 48 if name == "long-truncated" else None
         batch = reference.tokenize(texts, input_type, max_length=max_length)
-        pooled = pooled_from_session(session, batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+        pooled = run_session(session, batch["input_ids"].numpy(), batch["attention_mask"].numpy())
         for dims in (32, 256, 768):
             want = reference.encode(texts, task, input_type, dimensions=dims, max_length=max_length)
-            got = normalized(pooled, dims)
+            got = matryoshka(pooled, dims)
             cosine = np.sum(got * want, axis=1)
             assert cosine.min() >= 0.99999, (name, dims, cosine)
 
@@ -49,9 +51,48 @@ def test_second_build_reuses_engines(tiny_checkpoint, reference, engine_cache, f
     assert {task: again.path(task).stat().st_mtime_ns for task in TASKS} == mtimes
 
 
+def test_a_damaged_engine_is_rebuilt_and_a_crashed_build_leaves_nothing(tmp_path, tiny_checkpoint, reference,
+                                                                        fp32_engines):
+    """Crash-safe cache: a file that no longer matches its digest is rebuilt; partial files never count."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(fp32_engines.directory.parent.parent, cache)
+    engines = build_engines(tiny_checkpoint, "fp32", cache, reference=reference)
+    path = engines.path("clustering")
+    with open(path, "r+b") as file:  # a torn write in the middle
+        file.seek(path.stat().st_size // 2)
+        file.write(b"\0" * 4096)
+    (path.parent / ".model.onnx.999.partial").write_bytes(b"half an engine")
+    messages = []
+    again = build_engines(tiny_checkpoint, "fp32", cache, progress=messages.append, reference=reference)
+    assert any(m.startswith("clustering: exported") for m in messages)
+    assert not any(m.startswith("retrieval: exported") for m in messages)
+    assert again.entry.intact(path, again.report["clustering"]["fp32"]["digest"])
+
+
+def test_concurrent_builds_share_one_export(tmp_path, tiny_checkpoint_dir, fp32_engines):
+    """Two builds of one checkpoint at once: the second waits for the first and reuses its engines."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(fp32_engines.directory.parent.parent, cache)
+    entry = next((cache / "engines").iterdir())
+    report = json.loads((entry / "report.json").read_text())
+    report["retrieval"]["fp32"]["digest"] = "stale"  # force one re-export
+    (entry / "report.json").write_text(json.dumps(report))
+    command = [sys.executable, "-m", "jina_triton_serving.cli", "build", "--checkpoint", str(tiny_checkpoint_dir),
+               "--cache-dir", str(cache)]
+    builds = [subprocess.Popen(command + ["--out", str(tmp_path / f"repo{i}")], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT) for i in range(2)]
+    logs = [build.communicate(timeout=600)[0] for build in builds]
+    assert all(build.returncode == 0 for build in builds), logs
+    assert sum(log.count("retrieval: exported") for log in logs) == 1, logs
+
+
 def test_cli_build_writes_engines_and_manifest(tmp_path, tiny_checkpoint_dir, engine_cache, int8_engines):
     out = tmp_path / "repo"
-    result = subprocess.run([sys.executable, "-m", "jina_triton.cli", "build", "--checkpoint",
+    result = subprocess.run([sys.executable, "-m", "jina_triton_serving.cli", "build", "--checkpoint",
                              str(tiny_checkpoint_dir), "--out", str(out), "--cache-dir", str(engine_cache),
                              "--precision", "int8"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
@@ -63,7 +104,7 @@ def test_cli_build_writes_engines_and_manifest(tmp_path, tiny_checkpoint_dir, en
 
 
 def test_cli_build_bad_checkpoint_is_a_clean_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "jina_triton.cli", "build", "--checkpoint",
+    result = subprocess.run([sys.executable, "-m", "jina_triton_serving.cli", "build", "--checkpoint",
                              str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2
     assert "has no config.json" in result.stderr and "Traceback" not in result.stderr

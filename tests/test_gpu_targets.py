@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2
 
 from conftest import REPO_ROOT
 from fake_triton import Request, load_model, texts
-from jina_triton.tensorrt import plan_profiles, read_profiles
+from jina_triton_build.tensorrt import plan_profiles, read_profiles
 from jina_triton_client.contract import TASKS, encoder_name
 
 DOCKER = REPO_ROOT / "docker"
@@ -28,7 +28,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def gpu_repository(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines):
-    from jina_triton.repository import RepositoryOptions, build_repository
+    from jina_triton_build.repository import RepositoryOptions, build_repository
 
     out = tmp_path_factory.mktemp("gpu") / "repo"
     build_repository(tiny_checkpoint, out, RepositoryOptions(target="tensorrt", max_length=512),
@@ -63,7 +63,7 @@ def test_gpu_configs_render_and_parse(gpu_repository):
 
 
 def test_onnx_gpu_target_has_no_tensorrt_config(tmp_path, tiny_checkpoint, engine_cache, gpu_repository):
-    from jina_triton.repository import RepositoryOptions, build_repository
+    from jina_triton_build.repository import RepositoryOptions, build_repository
 
     build_repository(tiny_checkpoint, tmp_path, RepositoryOptions(target="onnx-gpu"), cache_dir=engine_cache)
     assert not list(tmp_path.glob("*/configs/tensorrt.pbtxt"))
@@ -71,7 +71,7 @@ def test_onnx_gpu_target_has_no_tensorrt_config(tmp_path, tiny_checkpoint, engin
 
 
 def test_gpu_targets_refuse_int8(tiny_checkpoint):
-    from jina_triton.repository import RepositoryOptions
+    from jina_triton_build.repository import RepositoryOptions
 
     with pytest.raises(ValueError, match="GPU targets take the fp32 graph"):
         RepositoryOptions(target="tensorrt", precision="int8").check(tiny_checkpoint)
@@ -79,7 +79,7 @@ def test_gpu_targets_refuse_int8(tiny_checkpoint):
 
 def test_bucketed_preprocess_and_pooled_postprocess_match_the_cpu_path(gpu_repository, tiny_repository, reference):
     """The GPU data path on CPU: bucket padding + pooled graph + postprocess == reference."""
-    from jina_triton.engines import ort_session
+    from jina_triton_build.engines import ort_session
 
     preprocess = load_model(gpu_repository / "preprocess")
     batch = preprocess.execute([Request({"text": texts("a short one", "a longer text " * 5)})])[0].outputs

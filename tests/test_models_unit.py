@@ -56,28 +56,80 @@ def test_unexpected_failure_is_internal_with_an_id_in_the_log(preprocess, monkey
     def explode(*args):
         raise RuntimeError("secret detail in /opt/somewhere/model.py")
 
-    monkeypatch.setattr(preprocess, "tokenizer", explode)
+    monkeypatch.setattr(preprocess.step, "tokenizer", explode)
     Logger.lines.clear()
-    response = preprocess.execute([Request({"text": texts("boom")})])[0]
+    response = preprocess.execute([Request({"text": texts("boom")}, request_id="req-42")])[0]
     message = response.error.message()
     assert response.error.code() == "INTERNAL" and "secret" not in message and "/" not in message
     incident = re.fullmatch(r"internal error, id ([0-9a-f]{12}) \(see the server log\)", message).group(1)
-    assert any(incident in line and "secret detail" in line and "Traceback" in line for line in Logger.lines)
+    assert any(incident in line and "secret detail" in line and "Traceback" in line and "req-42" in line
+               for line in Logger.lines)
 
 
-def test_encoder_failure_fails_only_the_culprit(tiny_repository):
-    encoder = load_model(tiny_repository / "encoder_retrieval")
-    good = Request({"input_ids": np.array([[5, 6, 128001]]), "attention_mask": np.array([[1, 1, 1]])})
-    bad = Request({"input_ids": np.array([[5, 10**7, 128001]]), "attention_mask": np.array([[1, 1, 1]])})  # id out of range
-    responses = encoder.execute([good, bad, good])
-    assert responses[0].error is None and responses[2].error is None
-    assert responses[0].outputs["last_hidden_state"].shape == (1, 3, 768)
-    assert responses[1].error.code() == "INTERNAL"
+def _ids(*rows):
+    ids = np.array(rows, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": (ids >= 0).astype(np.int64)}
 
 
-def test_postprocess_checks_parameters_too(tiny_repository):
-    postprocess = load_model(tiny_repository / "postprocess")
-    inputs = {"last_hidden_state": np.ones((1, 3, 768), np.float32), "token_count": np.array([[3]], np.int32)}
-    good, bad = postprocess.execute([Request(inputs, {"dimensions": 64}), Request(inputs, {"truncate": 1})])
-    assert good.outputs["embeddings"].shape == (1, 64) and good.outputs["embeddings_binary"].shape == (1, 8)
-    assert_clean_invalid(bad, "truncate: must be one of")
+@pytest.fixture(scope="module", params=["cpu", "cuda"])
+def encoder(request, tiny_repository, cuda_repository):
+    return load_model({"cpu": tiny_repository, "cuda": cuda_repository}[request.param] / "encoder_retrieval")
+
+
+def test_an_encoder_checks_each_request_and_answers_the_rest(encoder):
+    good = Request(_ids([5, 6, 128001]))
+    cases = {
+        "input_ids: must hold token ids from 0 to 128255": Request(_ids([5, 10**7, 128001])),
+        "input_ids: must hold token ids": Request(_ids([-3, 6, 128001])),
+        "attention_mask: must be right-padded": Request({"input_ids": np.array([[5, 6, 7]]),
+                                                         "attention_mask": np.array([[0, 1, 1]])}),
+        "attention_mask: must hold only 0 and 1": Request({"input_ids": np.array([[5, 6]]),
+                                                           "attention_mask": np.array([[1, 2]])}),
+        "attention_mask: must have the shape": Request({"input_ids": np.array([[5, 6]]),
+                                                        "attention_mask": np.array([[1, 1, 0]])}),
+        "input_ids: has 65 positions, more than the maximum 64": Request(_ids([5] * 65)),
+        "input_ids: is required": Request({"attention_mask": np.array([[1]])}),
+        "input_ids: must be an integer tensor": Request({"input_ids": np.array([[0.5]]),
+                                                         "attention_mask": np.array([[1]])}),
+    }
+    responses = encoder.execute([good, *cases.values(), good])
+    assert responses[0].error is None and responses[-1].error is None
+    assert responses[0].outputs["pooled_state"].shape == (1, 768) and responses[0].outputs["encode_us"].shape == (1, 1)
+    np.testing.assert_allclose(responses[0].outputs["pooled_state"], responses[-1].outputs["pooled_state"], atol=1e-4)
+    for response, field in zip(responses[1:-1], cases):
+        assert_clean_invalid(response, field)
+
+
+def test_a_cancelled_request_costs_no_compute(encoder):
+    responses = encoder.execute([Request(_ids([5, 6, 128001]), cancelled=True), Request(_ids([7, 128001]))])
+    assert responses[0].error.code() == "UNAVAILABLE" and "cancelled" in responses[0].error.message()
+    assert responses[1].error is None
+
+
+@pytest.fixture(scope="module")
+def postprocess(tiny_repository):
+    return load_model(tiny_repository / "postprocess")
+
+
+def _pooled(value=1.0, rows=1, width=768, count=3):
+    return {"pooled_state": np.full((rows, width), value, np.float32), "token_count": np.full((rows, 1), count, np.int32)}
+
+
+def test_postprocess_checks_parameters_and_states(postprocess):
+    good = Request(_pooled(), {"dimensions": 64})
+    nan = _pooled()
+    nan["pooled_state"][0, 5] = np.nan
+    cases = {
+        "truncate: must be one of": Request(_pooled(), {"truncate": 1}),
+        "pooled_state: row 0 holds NaN or Inf": Request(nan),
+        "pooled_state: row 0 is all zeros": Request(_pooled(0.0)),
+        "pooled_state: must be FP32 [n, 768]": Request(_pooled(width=64)),
+        "token_count: must be from 1 to 64": Request(_pooled(count=0)),
+        "token_count: must be an integer tensor [2, 1]": Request({**_pooled(rows=2), "token_count": np.array([[3]])}),
+        "pooled_state: is required": Request({"token_count": np.array([[3]], np.int32)}),
+    }
+    responses = postprocess.execute([good, *cases.values()])
+    assert responses[0].outputs["embeddings"].shape == (1, 64) and responses[0].outputs["embeddings_binary"].shape == (1, 8)
+    assert responses[0].outputs["timings_us"].shape == (1, 3)
+    for response, field in zip(responses[1:], cases):
+        assert_clean_invalid(response, field)

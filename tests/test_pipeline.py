@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import sample_texts
 from jina_triton_client.validation import InvalidArgument
-from jina_triton_pipeline.batching import plan_chunks, run_packed
+from jina_triton_pipeline.packing import plan_chunks, run_packed
 from jina_triton_pipeline.pooling import last_token, matryoshka
 from jina_triton_pipeline.quantization import Calibration, to_binary, to_int8, to_ubinary, to_uint8
 from jina_triton_pipeline.tokenization import TextTokenizer
@@ -18,6 +18,23 @@ LONG = " ".join(f"token{i}" for i in range(200)) + " é 😀 终"
 @pytest.fixture(scope="module")
 def text_tokenizer(tiny_checkpoint_dir):
     return TextTokenizer(tiny_checkpoint_dir / "tokenizer.json", max_length=48)
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer_file(tiny_checkpoint_dir):
+    return tiny_checkpoint_dir / "tokenizer.json"  # the tiny checkpoint has the real vocabulary
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer(real_tokenizer_file):
+    return TextTokenizer(real_tokenizer_file, 64)
+
+
+# pieces that stress a window's cut: digit runs group by three, whitespace looks ahead, contractions
+PIECES = st.sampled_from(["1234567", "9", " ", "   ", "\n", "\r\n", "\t", "'s", "'ll", "don't", "...", "?!",
+                          "Wörter", "日本語のテキスト", "😀🚀", "e\u0301", "word", " word", "ab12cd", "-- ", "٣٤٥"])
+TEXTS = st.one_of(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=400),
+                  st.lists(PIECES, min_size=1, max_size=250).map("".join))
 
 
 @pytest.mark.parametrize("input_type", ["query", "document"])
@@ -32,7 +49,7 @@ def test_tokenization_equals_the_reference(text_tokenizer, reference, input_type
 
 
 def test_none_rejects_the_long_text_by_index(text_tokenizer):
-    with pytest.raises(InvalidArgument, match=r"text\[1\]: has \d+ tokens, more than the maximum 48"):
+    with pytest.raises(InvalidArgument, match=r"text\[1\]: has more than 48 tokens, the maximum"):
         text_tokenizer(["short", LONG], "document", "NONE")
 
 
@@ -55,7 +72,7 @@ def test_last_token_pooling_and_matryoshka():
     out = matryoshka(pooled, 4)
     assert out.shape == (3, 4) and np.allclose(np.linalg.norm(out, axis=1), 1)
     assert np.allclose(out, pooled[:, :4] / np.linalg.norm(pooled[:, :4], axis=1, keepdims=True))
-    assert not np.isnan(matryoshka(np.zeros((1, 8), np.float32), 4)).any()
+    assert not np.isnan(matryoshka(np.zeros((1, 8), np.float32), 4)).any()  # postprocess refuses zeros first
 
 
 def test_quantization_follows_sentence_transformers():
@@ -103,22 +120,82 @@ def test_chunks_cover_every_row_within_budget(lengths, budget):
         assert len(chunk) == 1 or len(chunk) * lengths[chunk].max() <= 1.10 * lengths[chunk].sum() + 1e-9
 
 
-def test_packed_run_equals_separate_runs():
-    rng = np.random.default_rng(4)
-    weights = rng.normal(size=(50, 6)).astype(np.float32)
-
-    def forward(ids, mask):  # position-independent toy encoder, zero where masked
-        return weights[ids] * mask[..., None]
-
+def _toy_requests(rng):
     requests = []
     for n, t in ((2, 7), (1, 3), (4, 12)):
         mask = np.zeros((n, t), np.int64)
         for row in range(n):
             mask[row, :rng.integers(1, t + 1)] = 1
-        requests.append((rng.integers(0, 50, size=(n, t)) * mask, mask))
+        requests.append((rng.integers(1, 50, size=(n, t)) * mask, mask))
+    return requests
+
+
+def _toy_forward(weights):
+    def forward(ids, mask):  # a toy pooled encoder: the sum of the row's embeddings, padding ignored
+        return (weights[ids] * mask[..., None]).sum(axis=1)
+    return forward
+
+
+def test_packed_run_equals_separate_runs():
+    rng = np.random.default_rng(4)
+    forward = _toy_forward(rng.normal(size=(50, 6)).astype(np.float32))
+    requests = _toy_requests(rng)
     calls = []
-    outputs = run_packed(requests, 16, lambda ids, mask: calls.append(ids.size) or forward(ids, mask))
-    for (ids, mask), out in zip(requests, outputs):
-        assert out.shape == (*ids.shape, 6)
-        np.testing.assert_allclose(out, forward(ids, mask))
+    packed = run_packed(requests, 16, lambda ids, mask: calls.append(ids.size) or forward(ids, mask))
+    for (ids, mask), out, spent in zip(requests, packed.pooled, packed.encode_us):
+        assert out.shape == (ids.shape[0], 6) and spent >= 0
+        np.testing.assert_allclose(out, forward(ids, mask), rtol=1e-6)
     assert max(calls) <= 16 or len(calls) > 1
+    assert packed.real_tokens == sum(int(mask.sum()) for _, mask in requests) <= packed.computed_tokens
+
+
+def test_a_request_turned_down_between_passes_costs_no_more_compute():
+    rng = np.random.default_rng(5)
+    forward = _toy_forward(rng.normal(size=(50, 6)).astype(np.float32))
+    requests = _toy_requests(rng)
+    seen = []
+
+    def counting(ids, mask):
+        seen.append(ids.shape[0])
+        return forward(ids, mask)
+
+    packed = run_packed(requests, 8, counting, keep=lambda index: index != 2)
+    assert packed.pooled[2] is None and packed.pooled[0] is not None and packed.pooled[1] is not None
+    assert sum(seen) == sum(ids.shape[0] for ids, _ in requests[:2])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(TEXTS, st.sampled_from(["END", "START"]), st.sampled_from(["query", "document"]),
+       st.integers(min_value=8, max_value=80))
+def test_windowed_truncation_equals_tokenizing_in_full(real_tokenizer, text, truncate, input_type, max_length):
+    """A long text is tokenized through a window: the kept tokens are exactly those of the full tokenization."""
+    import copy
+
+    tokenizer = copy.copy(real_tokenizer)
+    tokenizer.max_length = max_length
+    prefix = {"query": "Query: ", "document": "Document: "}[input_type]
+    full = tokenizer.tokenizer.encode(prefix + text, add_special_tokens=False)
+    budget = max_length - 1
+    want = full.ids
+    if len(want) > budget and truncate == "END":
+        want = want[:budget]
+    elif len(want) > budget:
+        n_prefix = sum(1 for _, end in full.offsets if end <= len(prefix))
+        want = want[:n_prefix] + want[len(want) - (budget - n_prefix):]
+    assert tokenizer.token_ids([text], input_type, truncate)[0] == want + [tokenizer.eos_id]
+
+
+def test_a_huge_text_costs_only_the_tokens_it_keeps(real_tokenizer):
+    import copy
+    import time
+
+    tokenizer = copy.copy(real_tokenizer)
+    tokenizer.max_length = 512
+    huge = "lorem ipsum " * 100_000  # 1.2 MB, ~200k tokens in full
+    started = time.perf_counter()
+    for truncate in ("END", "START"):
+        assert len(tokenizer.token_ids([huge], "document", truncate)[0]) == 512
+    windowed = time.perf_counter() - started
+    started = time.perf_counter()
+    tokenizer.tokenizer.encode(huge)
+    assert windowed < (time.perf_counter() - started) / 5

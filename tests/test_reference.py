@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import sample_texts
-from jina_triton.engines import merged_encoder
+from jina_triton_build.engines import merged_encoder
 from jina_triton_client.contract import TASKS
 
 

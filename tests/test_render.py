@@ -1,12 +1,16 @@
-"""Config templates render strictly and every rendered config parses as a Triton ModelConfig."""
+"""Config templates render strictly, every rendered config parses as a Triton ModelConfig, and
+its tensor and model names are the contract's and the internals' constants."""
 from __future__ import annotations
 
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from jina_triton.render import TemplateError, placeholders, render
-from jina_triton.repository import templates_dir
+from jina_triton_build.options import BuildOptions, add_build_arguments, options_from_arguments
+from jina_triton_build.render import TemplateError, placeholders, render
+from jina_triton_client import contract
+from jina_triton_models import templates_dir
+from jina_triton_pipeline import internals
 
 
 def test_render_fills_placeholders():
@@ -19,10 +23,9 @@ def test_missing_value_is_an_error():
         render("${x} ${y}", {"x": 1})
 
 
-def test_unused_value_is_an_error_unless_allowed():
+def test_unused_value_is_an_error():
     with pytest.raises(TemplateError, match="value.*for no placeholder: z"):
         render("${x}", {"x": 1, "z": 2})
-    assert render("${x}", {"x": 1, "z": 2}, allow_unused=True) == "1"
 
 
 def test_malformed_placeholder_is_an_error():
@@ -30,9 +33,32 @@ def test_malformed_placeholder_is_an_error():
         render("$x ${y}", {"y": 1})
 
 
+TEMPLATES = ("preprocess", "encoder_onnx", "encoder_torch", "encoder_tensorrt", "postprocess", "ensemble")
+
+
 def test_every_model_folder_has_a_template():
-    for name in ("preprocess", "encoder", "postprocess", "ensemble"):
-        assert (templates_dir() / name / "config.pbtxt.tmpl").is_file()
+    assert {p.parent.name for p in templates_dir().glob("*/config.pbtxt.tmpl")} == set(TEMPLATES)
+
+
+def test_each_option_is_rendered_by_the_templates_it_names():
+    """Declared once: an option's templates hold its placeholder, and no template holds an undeclared one."""
+    import argparse
+    from dataclasses import fields
+
+    declared = {}
+    for spec in fields(BuildOptions):
+        for template in spec.metadata["templates"]:
+            assert template in TEMPLATES, (spec.name, template)
+            assert spec.name in placeholders((templates_dir() / template / "config.pbtxt.tmpl").read_text())
+            declared.setdefault(template, set()).add(spec.name)
+    option_names = {spec.name for spec in fields(BuildOptions)}
+    for template in TEMPLATES:
+        used = placeholders((templates_dir() / template / "config.pbtxt.tmpl").read_text()) & option_names
+        assert used == declared.get(template, set()), template
+    parser = argparse.ArgumentParser()
+    add_build_arguments(parser)
+    args = parser.parse_args(["--max-length", "128", "--target", "cuda"])
+    assert options_from_arguments(args) == BuildOptions(max_length=128, target="cuda")
 
 
 def _parse(path):
@@ -41,13 +67,39 @@ def _parse(path):
 
 def test_built_configs_parse(tiny_repository):
     configs = {path.parent.name: _parse(path) for path in tiny_repository.glob("*/config.pbtxt")}
-    assert set(configs) == {"preprocess", "postprocess", "encoder_retrieval", "encoder_text_matching",
-                            "encoder_clustering", "encoder_classification", "embed_retrieval",
-                            "embed_text_matching", "embed_clustering", "embed_classification"}
+    models = {internals.PREPROCESS_MODEL, internals.POSTPROCESS_MODEL}
+    models |= {name(task) for task in contract.TASKS for name in (internals.encoder_name, contract.ensemble_name)}
+    assert set(configs) == models
     encoder = configs["encoder_retrieval"]
     assert encoder.max_batch_size == 64 and encoder.dynamic_batching.max_queue_delay_microseconds == 2000
     assert all(tensor.allow_ragged_batch for tensor in encoder.input)
-    ensemble = configs["embed_retrieval"]
-    assert [step.model_name for step in ensemble.ensemble_scheduling.step] == [
-        "preprocess", "encoder_retrieval", "postprocess"]
+    assert encoder.dynamic_batching.default_queue_policy.max_queue_size == 256
     assert configs["preprocess"].parameters["max_length"].string_value == "64"
+
+
+def _names(config) -> set[str]:
+    return {t.name for t in config.input} | {t.name for t in config.output}
+
+
+def test_every_config_names_only_contract_and_internal_tensors(tiny_repository, cuda_repository, tensorrt_repository):
+    """The GPU configs are never served here: this is what keeps their names honest."""
+    public = {contract.TEXT, contract.TOKEN_COUNT, contract.TIMINGS, *contract.OUTPUTS.values()}
+    internal = {internals.INPUT_IDS, internals.ATTENTION_MASK, internals.POOLED_STATE, internals.TOKENIZE_US,
+                internals.ENCODE_US}
+    models = {internals.PREPROCESS_MODEL, internals.POSTPROCESS_MODEL,
+              *(internals.encoder_name(t) for t in contract.TASKS)}
+    paths = [p for repo in (tiny_repository, cuda_repository, tensorrt_repository)
+             for p in list(repo.glob("*/config.pbtxt")) + list(repo.glob("*/configs/*.pbtxt"))]
+    assert len(paths) == 10 * 3 + 9
+    for path in paths:
+        config = _parse(path)
+        if config.platform == "ensemble":
+            assert _names(config) == public, path
+            steps = config.ensemble_scheduling.step
+            assert {s.model_name for s in steps} <= models
+            for step in steps:
+                assert set(step.input_map) | set(step.output_map) <= public | internal, path
+                assert set(step.output_map.values()) <= public | {"_" + n for n in internal | {contract.TOKEN_COUNT}}
+        else:
+            assert _names(config) <= public | internal, path
+

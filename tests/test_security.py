@@ -1,4 +1,5 @@
-"""Access control on the real server: TLS, admin key, API key, loopback by default."""
+"""Access control on the real server: loopback by default, TLS and a locked admin surface when
+exposed, no user key on any command line (user keys live in the gateway: see test_gateway.py)."""
 from __future__ import annotations
 
 import subprocess
@@ -14,8 +15,7 @@ from conftest import free_port
 from jina_triton_client import EmbeddingClient, EmbeddingError
 
 pytestmark = pytest.mark.server
-ADMIN, API = "admin-secret", "api-secret"
-ADMIN_GRPC = {"triton-grpc-protocol-admin-key": ADMIN}
+RESTRICTED = "restricted, expecting header"
 
 
 def _openssl(*args, cwd):
@@ -39,11 +39,12 @@ def certificates(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def secure(tiny_repository, certificates, tmp_path_factory):
-    from jina_triton.serve import Security, TritonServer
+    """gRPC on every interface: TLS with client certificates, admin APIs locked."""
+    from jina_triton_serving.server import Security, TritonServer
 
-    security = Security(admin_key=ADMIN, api_key=API, tls_cert=certificates / "server.pem",
-                        tls_key=certificates / "server.key", tls_client_ca=certificates / "ca.pem")
-    server = TritonServer.on_free_ports(tiny_repository, security=security,
+    security = Security(tls_cert=certificates / "server.pem", tls_key=certificates / "server.key",
+                        tls_client_ca=certificates / "ca.pem")
+    server = TritonServer.on_free_ports(tiny_repository, host="0.0.0.0", security=security,
                                         log_file=tmp_path_factory.mktemp("secure") / "server.log")
     with server:
         yield server
@@ -57,75 +58,82 @@ def _tls(certificates, client_cert=True) -> dict:
 
 
 def test_tls_client_with_the_test_ca_embeds(secure, certificates):
-    with EmbeddingClient(secure.grpc_url, api_key=API, **_tls(certificates)) as client:
-        assert client.embed(["over tls"], task="retrieval").shape == (1, 768)
+    with EmbeddingClient(secure.grpc_url, **_tls(certificates)) as client:
+        vectors = client.embed(["over TLS"], task="retrieval")
+    assert vectors.shape == (1, 768) and abs(float(np.linalg.norm(vectors)) - 1) < 1e-5
 
 
 def test_plaintext_client_is_refused(secure):
-    client = EmbeddingClient(secure.grpc_url, api_key=API, timeout=5)
+    client = EmbeddingClient(secure.grpc_url, timeout=5)
     client.retry.retries = 0
     with pytest.raises(EmbeddingError, match="UNAVAILABLE"):
-        client.embed(["no tls"], task="retrieval")
+        client.embed(["x"], task="retrieval")
 
 
 def test_client_without_certificate_is_refused_by_mutual_tls(secure, certificates):
-    client = EmbeddingClient(secure.grpc_url, api_key=API, timeout=5, **_tls(certificates, client_cert=False))
+    client = EmbeddingClient(secure.grpc_url, timeout=5, **_tls(certificates, client_cert=False))
     client.retry.retries = 0
     with pytest.raises(EmbeddingError, match="UNAVAILABLE"):
-        client.embed(["no client cert"], task="retrieval")
+        client.embed(["x"], task="retrieval")
 
 
-def test_inference_needs_the_api_key(secure, certificates):
-    with pytest.raises(EmbeddingError, match="restricted, expecting header 'triton-grpc-protocol-api-key'"):
-        EmbeddingClient(secure.grpc_url, **_tls(certificates)).embed(["no key"], task="retrieval")
-    http = httpclient.InferenceServerClient(secure.http_url)
-    tensor = httpclient.InferInput("text", [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[b"http"]], dtype=np.object_))
-    with pytest.raises(InferenceServerException, match="expecting header 'api-key'"):
-        http.infer("embed_retrieval", [tensor])
-    assert http.infer("embed_retrieval", [tensor], headers={"api-key": API}).as_numpy("embeddings").shape == (1, 768)
+def test_an_exposed_grpc_endpoint_needs_tls(tiny_repository):
+    from jina_triton_serving.server import ServeError, TritonServer
+
+    with pytest.raises(ServeError, match="without TLS"):
+        TritonServer(tiny_repository, host="0.0.0.0")
 
 
-def _grpc_admin(secure, certificates):
-    tls = _tls(certificates)
-    return grpcclient.InferenceServerClient(secure.grpc_url, ssl=True, **tls)
+def _grpc(secure, certificates):
+    return grpcclient.InferenceServerClient(secure.grpc_url, ssl=True, **_tls(certificates))
 
 
-def test_unauthenticated_client_cannot_change_or_read_the_setup(secure, certificates):
-    client = _grpc_admin(secure, certificates)
-    for call in (lambda: client.get_model_config("embed_retrieval"),
-                 lambda: client.unload_model("embed_clustering"),
-                 lambda: client.load_model("embed_clustering"),
-                 lambda: client.get_model_repository_index(),
-                 lambda: client.update_log_settings({"log_verbose_level": 1})):
-        with pytest.raises(InferenceServerException, match="restricted, expecting header 'triton-grpc-protocol-admin-key'"):
+def _admin_calls(client, headers=None):
+    """Every admin surface: repository, config, shared memory, trace, logging, statistics."""
+    return {
+        "config": lambda: client.get_model_config("embed_retrieval", headers=headers),
+        "unload": lambda: client.unload_model("embed_clustering", headers=headers),
+        "load": lambda: client.load_model("embed_clustering", headers=headers),
+        "index": lambda: client.get_model_repository_index(headers=headers),
+        "log settings": lambda: client.update_log_settings({"log_verbose_level": 1}, headers=headers),
+        "shared memory": lambda: client.register_system_shared_memory("x", "/jina_probe", 64, headers=headers),
+        "shared memory status": lambda: client.get_system_shared_memory_status(headers=headers),
+        "trace": lambda: client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}, headers=headers),
+        "statistics": lambda: client.get_inference_statistics("embed_retrieval", headers=headers),
+    }
+
+
+@pytest.mark.parametrize("key", [None, "a-wrong-key"])
+def test_without_the_key_nobody_changes_or_reads_the_setup(secure, certificates, key):
+    client = _grpc(secure, certificates)
+    headers = {"triton-grpc-protocol-admin-key": key} if key else None
+    for name, call in _admin_calls(client, headers).items():
+        with pytest.raises(InferenceServerException, match=RESTRICTED if key is None else "restricted|admin-key") as error:
             call()
+        assert "StatusCode.UNAVAILABLE" in str(error.value.status()), name
     http = httpclient.InferenceServerClient(secure.http_url)
-    with pytest.raises(InferenceServerException, match="expecting header 'admin-key'"):
-        http.get_model_config("embed_retrieval")
-    with pytest.raises(InferenceServerException, match="expecting header 'admin-key'"):
-        http.unload_model("embed_clustering")
+    for call in (lambda: http.get_model_config("embed_retrieval", headers={"admin-key": key} if key else None),
+                 lambda: http.unload_model("embed_clustering", headers={"admin-key": key} if key else None),
+                 lambda: http.get_trace_settings(headers={"admin-key": key} if key else None),
+                 lambda: http.get_inference_statistics(headers={"admin-key": key} if key else None)):
+        with pytest.raises(InferenceServerException, match="admin-key"):
+            call()
     assert client.is_model_ready("embed_clustering")
 
 
-def test_authenticated_client_can(secure, certificates):
-    client = _grpc_admin(secure, certificates)
-    config = client.get_model_config("embed_retrieval", headers=ADMIN_GRPC, as_json=True)
-    assert config["config"]["name"] == "embed_retrieval"
-    client.unload_model("embed_clustering", headers=ADMIN_GRPC)
+def test_the_servers_own_lock_key_opens_them(secure, certificates):
+    """The throwaway key of this start (the supervisor's) works; it is no user secret."""
+    client = _grpc(secure, certificates)
+    headers = {"triton-grpc-protocol-admin-key": secure.security.lock_key}
+    assert client.get_model_config("embed_retrieval", headers=headers, as_json=True)["config"]["name"] == "embed_retrieval"
+    client.unload_model("embed_clustering", headers=headers)
     assert not client.is_model_ready("embed_clustering")
-    client.load_model("embed_clustering", headers=ADMIN_GRPC)
+    client.load_model("embed_clustering", headers=headers)
     assert client.is_model_ready("embed_clustering")
-    http = httpclient.InferenceServerClient(secure.http_url)
-    assert http.get_model_config("embed_retrieval", headers={"admin-key": ADMIN})["name"] == "embed_retrieval"
 
 
-def test_default_server_locks_the_admin_apis_and_binds_loopback(triton):
-    client = grpcclient.InferenceServerClient(triton.grpc_url)
-    with pytest.raises(InferenceServerException, match="restricted"):
-        client.get_model_config("embed_retrieval")
-    with pytest.raises(InferenceServerException, match="restricted"):
-        client.unload_model("embed_retrieval")
+def test_default_server_binds_loopback_with_no_key_on_its_command_line(triton):
     command = " ".join(triton.command())
     for flag in ("--grpc-address=127.0.0.1", "--http-address=127.0.0.1", "--metrics-address=127.0.0.1"):
         assert flag in command
+    assert "restricted" not in command and "key" not in command.lower()

@@ -1,4 +1,5 @@
-"""The real Triton server on the tiny replica, through gRPC and HTTP."""
+"""The real Triton server on the tiny replica, through gRPC and HTTP, for the `cpu` target
+(onnxruntime) and the `cuda` target (PyTorch; on this machine's CPU in fp32)."""
 from __future__ import annotations
 
 import itertools
@@ -11,8 +12,8 @@ import pytest
 
 from conftest import TEST_MAX_LENGTH, sample_texts
 from expected import Expected, assert_outputs_match
-from jina_triton_client.contract import OUTPUTS, TASKS, TEXT, TOKEN_COUNT, ensemble_name
-from jina_triton_pipeline.triton_adapter import token_totals
+from jina_triton_client.contract import OUTPUTS, TASKS, TEXT, TIMINGS, TOKEN_COUNT, ensemble_name
+from jina_triton_serving.bench import token_totals
 
 pytestmark = pytest.mark.server
 
@@ -41,6 +42,12 @@ def infer(triton, protocol, task, texts, outputs=ALL_OUTPUTS, **parameters):
 @pytest.fixture(scope="module")
 def expected(reference, tiny_repository):
     return Expected(reference, tiny_repository, TEST_MAX_LENGTH)
+
+
+@pytest.fixture(scope="module", params=["cpu", "cuda"])
+def triton(request):
+    """Every test of this module runs on both targets (shadows the session's `cpu` server)."""
+    return request.getfixturevalue({"cpu": "triton", "cuda": "triton_cuda"}[request.param])
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -98,11 +105,18 @@ def test_concurrent_requests_get_their_own_answers(triton, expected):
         assert_outputs_match(got, expected.floats(texts, task, input_type, dims, truncate), expected.calibration)
 
 
+def test_timings_are_the_requests_own(triton):
+    got = infer(triton, "grpc", "retrieval", ["time me", "and me too, a little longer"], [TIMINGS, TOKEN_COUNT])
+    timings = got[TIMINGS]
+    assert timings.shape == (2, 3) and (timings[0] == timings[1]).all()  # one request: one set of parts
+    assert (timings >= 0).all() and timings[0, 1] > 0  # the encoder took some time
+
+
 def test_metrics_and_statistics(triton):
     import tritonclient.grpc as grpcclient
 
     infer(triton, "grpc", "retrieval", ["metrics please"])
-    with urllib.request.urlopen(f"http://{triton.host}:{triton.metrics_port}/metrics", timeout=10) as reply:
+    with urllib.request.urlopen(triton.metrics_url, timeout=10) as reply:
         metrics = reply.read().decode()
     assert 'nv_inference_request_success{model="embed_retrieval",version="1"}' in metrics
     assert 'nv_inference_queue_duration_us{model="encoder_retrieval",version="1"}' in metrics

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from jina_triton.reference import TooLongError
+from jina_triton_build.reference import TooLongError
 from jina_triton_client.contract import PREFIXES
 
 

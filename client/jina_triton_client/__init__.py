@@ -4,11 +4,13 @@
     with EmbeddingClient("127.0.0.1:8001") as client:
         vectors = client.embed(["how do I reset my router?"], task="retrieval", input_type="query")
 
-`contract` is the single source of truth for model names, tensor names,
-request parameters and limits; the build, the Triton models and the tests
-import it from here so that the client can install on its own.
+`contract` holds what clients send and receive (model names, tensors, request
+parameters, limits); the server's models import it from here, so the client
+installs on its own.
 """
-from ._core import EmbeddingError, RetryPolicy
+from .errors import EmbeddingError
+from .planning import Embedded, Limits
+from .retry import RetryPolicy
 from .validation import InvalidArgument
 
 
@@ -22,4 +24,5 @@ def __getattr__(name):  # the clients import tritonclient; load them only when a
     raise AttributeError(name)
 
 
-__all__ = ["EmbeddingClient", "AsyncEmbeddingClient", "EmbeddingError", "InvalidArgument", "RetryPolicy"]
+__all__ = ["EmbeddingClient", "AsyncEmbeddingClient", "Embedded", "EmbeddingError", "InvalidArgument",
+           "Limits", "RetryPolicy"]

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
-import numpy as np
+from .connection import Connection
+from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, MAX_DIMENSIONS
+from .planning import Assembler, Embedded, plan_batches
+from .requests import Request, check_request
 
-from ._core import Assembler, Request, Settings, check_request, plan_batches
-from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TRUNCATE, TOKEN_COUNT
 
-
-class AsyncEmbeddingClient(Settings):
+class AsyncEmbeddingClient(Connection):
     def __init__(self, url="127.0.0.1:8001", **settings):
         super().__init__(url, **settings)
         import tritonclient.grpc.aio as aioclient
@@ -22,40 +23,47 @@ class AsyncEmbeddingClient(Settings):
             self._clients[index] = self._grpc.InferenceServerClient(self.endpoints.items[index], **self.tls)
         return self._clients[index]
 
-    async def embed(self, texts, task: str = "retrieval", input_type: str = DEFAULT_INPUT_TYPE,
-                    dimensions: int = 768, output: str = "float", truncate: str = DEFAULT_TRUNCATE,
+    async def embed(self, texts, task: str = DEFAULT_TASK, input_type: str = DEFAULT_INPUT_TYPE,
+                    dimensions: int = MAX_DIMENSIONS, output: str = "float", truncate: str = DEFAULT_TRUNCATE,
                     return_token_counts: bool = False):
+        result = await self.embed_detailed(texts, task, input_type, dimensions, output, truncate)
+        return (result.embeddings, result.token_counts) if return_token_counts else result.embeddings
+
+    async def embed_detailed(self, texts, task: str = DEFAULT_TASK, input_type: str = DEFAULT_INPUT_TYPE,
+                             dimensions: int = MAX_DIMENSIONS, output: str = "float", truncate: str = DEFAULT_TRUNCATE,
+                             timings: bool = False, headers: dict | None = None) -> Embedded:
         texts, request = check_request(texts, task, input_type, dimensions, output, truncate)
         assembler = Assembler(len(texts))
         slots = asyncio.Semaphore(self.max_in_flight)
+        deadline = self.deadline()
 
         async def one(indices):
             async with slots:
-                assembler.add(indices, *await self._send([texts[i] for i in indices], indices, request))
+                rows = await self._send([texts[i] for i in indices], indices, request, deadline, timings, headers)
+                assembler.add(indices, *rows)
 
-        tasks = [asyncio.ensure_future(one(ix)) for ix in plan_batches(texts, self.batch_size)]
+        tasks = [asyncio.ensure_future(one(ix)) for ix in plan_batches(texts, self.limits, request.options.input_type)]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
             for task_ in tasks:
                 task_.cancel()
             raise
-        return assembler.result(return_token_counts)
+        return assembler.result()
 
-    async def _send(self, texts, indices, request: Request) -> tuple[np.ndarray, np.ndarray]:
+    async def _send(self, texts, indices, request: Request, deadline, timings: bool, headers: dict | None) -> tuple:
         from tritonclient.utils import InferenceServerException
 
-        failure, index = None, None
-        for attempt in range(self.retry.retries + 1):
-            index = self.endpoints.next(after=index)
+        attempts = self.attempts(indices, deadline)
+        while True:
+            index = attempts.endpoint()
+            arguments = self.call_arguments(self._grpc, texts, request, attempts.remaining(), timings, headers)
+            started = time.perf_counter()
             try:
-                result = await self._client(index).infer(**self._call_arguments(self._grpc, texts, request))
-                return result.as_numpy(request.tensor), result.as_numpy(TOKEN_COUNT)
+                result = await self._client(index).infer(**arguments)
+                return (*self.rows(result, request, timings), (time.perf_counter() - started) * 1000)
             except InferenceServerException as exc:
-                failure = self._failure(exc, index, indices)
-            if attempt < self.retry.retries:
-                await asyncio.sleep(self.retry.delay(attempt))
-        raise failure
+                await asyncio.sleep(attempts.failed(exc))
 
     async def ready(self) -> bool:
         for index in range(len(self.endpoints.items)):

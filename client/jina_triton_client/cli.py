@@ -4,28 +4,27 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 
 import numpy as np
 
-from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TRUNCATE, INPUT_TYPES, OUTPUTS, PACKED_OUTPUTS, TASKS, TRUNCATE_MODES
+from .contract import (
+    DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, INPUT_TYPES, MAX_DIMENSIONS, OUTPUTS, PACKED_OUTPUTS, TASKS,
+    TRUNCATE_MODES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="texts to embed; none: one per line from stdin")
     parser.add_argument("--url", default="127.0.0.1:8001", help="gRPC HOST:PORT (comma-separate several)")
-    parser.add_argument("--task", choices=TASKS, default="retrieval")
+    parser.add_argument("--task", choices=TASKS, default=DEFAULT_TASK)
     parser.add_argument("--input-type", choices=INPUT_TYPES, default=DEFAULT_INPUT_TYPE)
-    parser.add_argument("--dimensions", type=int, default=768)
+    parser.add_argument("--dimensions", type=int, default=MAX_DIMENSIONS)
     parser.add_argument("--output", choices=tuple(OUTPUTS), default="float")
     parser.add_argument("--truncate", choices=TRUNCATE_MODES, default=DEFAULT_TRUNCATE)
     parser.add_argument("--npy", help="write the embeddings to this .npy file instead of JSON lines")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole call, retries included")
     parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra gRPC header, e.g. an API key (repeatable)")
-    parser.add_argument("--api-key", default=os.environ.get("JINA_TRITON_API_KEY"),
-                        help="the server's inference key (default $JINA_TRITON_API_KEY)")
+                        help="extra gRPC header (repeatable)")
     parser.add_argument("--ca", help="CA certificate (PEM) to verify a TLS server")
     parser.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
     parser.add_argument("--key", help="client private key (PEM) for mutual TLS")
@@ -37,7 +36,7 @@ def run(args) -> int:
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     headers = dict(item.split("=", 1) for item in args.header)
     try:
-        with EmbeddingClient(args.url, timeout=args.timeout, headers=headers, api_key=args.api_key,
+        with EmbeddingClient(args.url, timeout=args.timeout, headers=headers,
                              root_certificates=args.ca,
                              certificate_chain=args.cert, private_key=args.key) as client:
             vectors, counts = client.embed(texts, task=args.task, input_type=args.input_type,

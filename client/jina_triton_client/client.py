@@ -5,19 +5,14 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-import numpy as np
+from .connection import Connection
+from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, MAX_DIMENSIONS
+from .planning import Assembler, Embedded, plan_batches
+from .requests import Request, check_request
 
-from ._core import Assembler, Request, Settings, check_request, plan_batches
-from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TRUNCATE, TOKEN_COUNT
 
-
-class EmbeddingClient(Settings):
-    """`embed()` over gRPC with batching, bounded concurrency, retries and failover.
-
-    url: "host:port", "h1:p1,h2:p2" or a list; requests go round-robin and a
-    retryable failure (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED) moves
-    to the next endpoint after an exponential backoff with full jitter.
-    """
+class EmbeddingClient(Connection):
+    """`embed()` over gRPC: split into admitted requests, bounded concurrency, retries, failover."""
 
     def __init__(self, url="127.0.0.1:8001", **settings):
         super().__init__(url, **settings)
@@ -34,42 +29,54 @@ class EmbeddingClient(Settings):
             clients[index] = self._grpc.InferenceServerClient(self.endpoints.items[index], **self.tls)
         return clients[index]
 
-    def embed(self, texts, task: str = "retrieval", input_type: str = DEFAULT_INPUT_TYPE,
-              dimensions: int = 768, output: str = "float", truncate: str = DEFAULT_TRUNCATE,
+    def embed(self, texts, task: str = DEFAULT_TASK, input_type: str = DEFAULT_INPUT_TYPE,
+              dimensions: int = MAX_DIMENSIONS, output: str = "float", truncate: str = DEFAULT_TRUNCATE,
               return_token_counts: bool = False):
         """Embeddings [N, d] (or [N, d/8] packed) in input order; with token counts on request."""
+        result = self.embed_detailed(texts, task, input_type, dimensions, output, truncate)
+        return (result.embeddings, result.token_counts) if return_token_counts else result.embeddings
+
+    def embed_detailed(self, texts, task: str = DEFAULT_TASK, input_type: str = DEFAULT_INPUT_TYPE,
+                       dimensions: int = MAX_DIMENSIONS, output: str = "float", truncate: str = DEFAULT_TRUNCATE,
+                       timings: bool = False, headers: dict | None = None) -> Embedded:
+        """`embed` with token counts and, on request, the server's timings of the slowest request."""
         texts, request = check_request(texts, task, input_type, dimensions, output, truncate)
         assembler = Assembler(len(texts))
-        batches = plan_batches(texts, self.batch_size)
+        batches = plan_batches(texts, self.limits, request.options.input_type)
+        deadline = self.deadline()
+
+        def send(indices):
+            return indices, *self._send([texts[i] for i in indices], indices, request, deadline, timings, headers)
+
         if len(batches) <= 1 or self.max_in_flight == 1:
             for indices in batches:
-                assembler.add(indices, *self._send([texts[i] for i in indices], indices, request))
-            return assembler.result(return_token_counts)
+                assembler.add(*send(indices))
+            return assembler.result()
         with ThreadPoolExecutor(self.max_in_flight) as pool:
-            futures = {pool.submit(self._send, [texts[i] for i in ix], ix, request): ix for ix in batches}
+            futures = [pool.submit(send, indices) for indices in batches]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for future in pending:
                 future.cancel()
             for future in done:
                 if future.exception():
                     raise future.exception()
-                assembler.add(futures[future], *future.result())
-        return assembler.result(return_token_counts)
+                assembler.add(*future.result())
+        return assembler.result()
 
-    def _send(self, texts: list[str], indices: list[int], request: Request) -> tuple[np.ndarray, np.ndarray]:
+    def _send(self, texts: list[str], indices: list[int], request: Request, deadline, timings: bool,
+              headers: dict | None) -> tuple:
         from tritonclient.utils import InferenceServerException
 
-        failure, index = None, None
-        for attempt in range(self.retry.retries + 1):
-            index = self.endpoints.next(after=index)
+        attempts = self.attempts(indices, deadline)
+        while True:
+            index = attempts.endpoint()
+            arguments = self.call_arguments(self._grpc, texts, request, attempts.remaining(), timings, headers)
+            started = time.perf_counter()
             try:
-                result = self._client(index).infer(**self._call_arguments(self._grpc, texts, request))
-                return result.as_numpy(request.tensor), result.as_numpy(TOKEN_COUNT)
+                result = self._client(index).infer(**arguments)
+                return (*self.rows(result, request, timings), (time.perf_counter() - started) * 1000)
             except InferenceServerException as exc:
-                failure = self._failure(exc, index, indices)
-            if attempt < self.retry.retries:
-                time.sleep(self.retry.delay(attempt))
-        raise failure
+                time.sleep(attempts.failed(exc))
 
     def ready(self) -> bool:
         """True when at least one endpoint is live and ready."""

@@ -1,14 +1,17 @@
-"""The serving contract (v1): names, parameters and limits shared by every part."""
+"""The serving contract (v2): what clients send and receive. Server internals live in
+`jina_triton_pipeline.internals`; nothing here names a tensor or model a client never sees."""
 from __future__ import annotations
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 
 # -- the model -------------------------------------------------------------
 MODEL_REPO_ID = "jinaai/jina-embeddings-v5-text-nano"
+MODEL_NAME = "jina-embeddings-v5-text-nano"
 TASKS = ("retrieval", "text-matching", "clustering", "classification")
 PREFIXES = {"query": "Query: ", "document": "Document: "}
 INPUT_TYPES = tuple(PREFIXES)
 DEFAULT_INPUT_TYPE = "document"
+DEFAULT_TASK = "retrieval"
 MATRYOSHKA_DIMS = (32, 64, 128, 256, 512, 768)
 MIN_DIMENSIONS = 32
 MAX_DIMENSIONS = 768
@@ -21,30 +24,17 @@ TRUNCATE_NONE = "NONE"    # reject a text longer than the max length
 TRUNCATE_MODES = (TRUNCATE_END, TRUNCATE_START, TRUNCATE_NONE)
 DEFAULT_TRUNCATE = TRUNCATE_END
 
-# -- Triton model names ------------------------------------------------------
-PREPROCESS_MODEL = "preprocess"
-POSTPROCESS_MODEL = "postprocess"
-
-
-def _slug(task: str) -> str:
-    return task.replace("-", "_")
-
 
 def ensemble_name(task: str) -> str:
-    return f"embed_{_slug(task)}"
+    """The Triton model a client calls for a task: one ensemble per adapter."""
+    return "embed_" + task.replace("-", "_")
 
 
-def encoder_name(task: str) -> str:
-    return f"encoder_{_slug(task)}"
-
-
-# -- tensors -----------------------------------------------------------------
+# -- tensors a client sends and receives ---------------------------------------
 TEXT = "text"
-INPUT_IDS = "input_ids"
-ATTENTION_MASK = "attention_mask"
-LAST_HIDDEN_STATE = "last_hidden_state"   # CPU encoders: [n, T, H]
-POOLED_STATE = "pooled_state"             # GPU engines pool in the graph: [n, H]
-TOKEN_COUNT = "token_count"
+TOKEN_COUNT = "token_count"   # INT32 [N, 1]: tokens fed to the encoder, prefix and EOS included
+TIMINGS = "timings_us"        # INT64 [N, 3]: this request's tokenize, encode, postprocess microseconds
+TIMING_PARTS = ("tokenize", "encode", "postprocess")
 
 OUTPUT_FLOAT = "embeddings"
 OUTPUT_INT8 = "embeddings_int8"
@@ -66,19 +56,21 @@ PARAM_INPUT_TYPE = "input_type"
 PARAM_DIMENSIONS = "dimensions"
 PARAM_TRUNCATE = "truncate"
 PARAMETERS = (PARAM_INPUT_TYPE, PARAM_DIMENSIONS, PARAM_TRUNCATE)
+# Headers Triton forwards to the models as parameters (request id, trace context).
+REQUEST_ID_HEADER = "x-request-id"
+TRACEPARENT_HEADER = "traceparent"
+FORWARDED_HEADERS = (REQUEST_ID_HEADER, TRACEPARENT_HEADER)
 
 # -- limits (defaults: `build` sets them, `serve` may lower them) --------------
 DEFAULT_MAX_BATCH_SIZE = 64          # texts per request (Triton's max_batch_size)
 DEFAULT_MAX_TEXT_BYTES = 128 * 1024  # UTF-8 bytes per text (~4x what 8192 tokens need)
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024  # UTF-8 bytes of all texts of one request
+DEFAULT_MAX_REQUEST_TOKENS = 32768   # tokens of one request after truncation (4 max-length texts)
 MIN_MAX_LENGTH = 32                  # the smallest max length a repository may be built with
-# `serve` passes its lowered limits to the models through these variables
-LIMIT_ENV = {"max_length": "JINA_TRITON_MAX_LENGTH", "max_text_bytes": "JINA_TRITON_MAX_TEXT_BYTES",
-             "max_request_bytes": "JINA_TRITON_MAX_REQUEST_BYTES"}
 
-# -- access control ------------------------------------------------------------
-# APIs that change or reveal the server's setup: behind the admin key.
-ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
-ADMIN_KEY_HEADER = "admin-key"
-API_KEY_HEADER = "api-key"            # inference, when serve is given an API key
-GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton's gRPC restricted-protocol headers
+
+def token_upper_bound(text: str, input_type: str = DEFAULT_INPUT_TYPE,
+                      max_length: int = DEFAULT_MAX_LENGTH) -> int:
+    """Tokens a text can cost at most, without the tokenizer: every byte-level BPE token
+    holds at least one byte, plus the EOS; truncation caps it at the max length."""
+    return min(max_length, len((PREFIXES[input_type] + text).encode("utf-8")) + 1)

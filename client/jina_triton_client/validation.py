@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .contract import (
-    DEFAULT_INPUT_TYPE, DEFAULT_TRUNCATE, INPUT_TYPES, MAX_DIMENSIONS, MIN_DIMENSIONS,
+    DEFAULT_INPUT_TYPE, DEFAULT_TRUNCATE, FORWARDED_HEADERS, INPUT_TYPES, MAX_DIMENSIONS, MIN_DIMENSIONS,
     PARAM_DIMENSIONS, PARAM_INPUT_TYPE, PARAM_TRUNCATE, PARAMETERS, TRUNCATE_MODES)
 
 # Parameters Triton or its clients may attach on their own; never ours to reject.
@@ -34,7 +34,9 @@ class Options:
 
 def parse_options(parameters: dict, width: int = MAX_DIMENSIONS) -> Options:
     """Validate request parameters; missing ones take their defaults."""
-    unknown = sorted(set(parameters) - set(PARAMETERS) - TRITON_PARAMETERS)
+    # forwarded headers keep their case over HTTP (X-Request-Id)
+    unknown = sorted(name for name in parameters if name not in PARAMETERS and name not in TRITON_PARAMETERS
+                     and name.lower() not in FORWARDED_HEADERS)
     if unknown:
         raise InvalidArgument(unknown[0], f"unknown parameter; allowed: {', '.join(PARAMETERS)}")
     return Options(

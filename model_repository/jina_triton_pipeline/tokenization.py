@@ -1,4 +1,6 @@
-"""Prefix, tokenize and truncate, exactly as the reference encoder does."""
+"""Prefix, tokenize and truncate, exactly as the reference encoder does, at the cost of
+the tokens kept: a long text is tokenized through a window that grows until it provably
+holds the tokens to keep, never in full."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +11,8 @@ from jina_triton_client.contract import PREFIXES, TRUNCATE_END, TRUNCATE_NONE
 from jina_triton_client.validation import InvalidArgument
 
 PAD_TOKEN = "<|pad|>"
+CHARS_PER_TOKEN = 4   # the first window: 4 characters per token to keep, doubled while too short
+UNSURE_WORDS = 2      # pre-tokenizer pieces at a window's cut that may differ from the full text's
 
 
 @dataclass
@@ -34,6 +38,7 @@ class TextTokenizer:
         self.pad_id = self.tokenizer.token_to_id(PAD_TOKEN)
         if self.pad_id is None:
             raise ValueError(f"the tokenizer has no {PAD_TOKEN} token")
+        self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         self.max_length = max_length
 
     def token_ids(self, texts: list[str], input_type: str, truncate: str) -> list[list[int]]:
@@ -42,32 +47,65 @@ class TextTokenizer:
         Raises InvalidArgument for a text longer than max_length when truncate is NONE.
         """
         prefix = PREFIXES[input_type]
-        encodings = self.tokenizer.encode_batch([prefix + text for text in texts], add_special_tokens=False)
-        rows = []
-        for index, encoding in enumerate(encodings):
-            ids = encoding.ids
-            if len(ids) + 1 > self.max_length:
-                ids = self._truncate(index, ids, encoding.offsets, len(prefix), truncate)
-            rows.append(ids + [self.eos_id])
-        return rows
+        budget = self.max_length - 1  # room for the EOS
+        rows: list = [None] * len(texts)
+        short = [i for i, text in enumerate(texts) if len((prefix + text).encode("utf-8")) <= budget]
+        # a token holds at least one byte: these cannot be too long
+        for i, encoding in zip(short, self.tokenizer.encode_batch([prefix + texts[i] for i in short],
+                                                                  add_special_tokens=False)):
+            rows[i] = encoding.ids
+        for i in sorted(set(range(len(texts))) - set(short)):
+            rows[i] = self._long(i, texts[i], prefix, budget, truncate)
+        return [row + [self.eos_id] for row in rows]
 
-    def _truncate(self, index, ids, offsets, prefix_chars, truncate) -> list[int]:
-        budget = self.max_length - 1
+    def _long(self, index: int, text: str, prefix: str, budget: int, truncate: str) -> list[int]:
+        full = prefix + text
+        head = self._head(full, budget + 1)
+        if len(head) <= budget:
+            return head  # the whole text fits
         if truncate == TRUNCATE_NONE:
-            raise InvalidArgument(f"text[{index}]", f"has {len(ids) + 1} tokens, more than the maximum "
-                                  f"{self.max_length}; send truncate 'END' or 'START' to cut it")
+            raise InvalidArgument(f"text[{index}]", f"has more than {self.max_length} tokens, the maximum; "
+                                  f"send truncate 'END' or 'START' to cut it")
         if truncate == TRUNCATE_END:
-            return ids[:budget]
-        n_prefix = 0  # tokens lying wholly inside the prefix are kept
-        while n_prefix < len(ids) and offsets[n_prefix][1] <= prefix_chars:
-            n_prefix += 1
-        return ids[:n_prefix] + ids[len(ids) - (budget - n_prefix):]
+            return head[:budget]
+        # START: the tokens wholly inside the prefix, then the last content tokens
+        start = self.tokenizer.encode(full[:len(prefix) + 64], add_special_tokens=False)
+        n_prefix = sum(1 for _, end in start.offsets if end <= len(prefix))
+        return start.ids[:n_prefix] + self._tail(full, budget - n_prefix, len(prefix))
+
+    def _head(self, text: str, keep: int) -> list[int]:
+        """The first `keep` tokens of `text` as tokenized in full (all of them if it has fewer)."""
+        chars = keep * CHARS_PER_TOKEN
+        while chars < len(text):
+            encoding = self.tokenizer.encode(text[:chars], add_special_tokens=False)
+            words = encoding.word_ids
+            sure = [token for token, word in zip(encoding.ids, words) if word < words[-1] - (UNSURE_WORDS - 1)]
+            if len(sure) >= keep:
+                return sure[:keep]
+            chars *= 2
+        return self.tokenizer.encode(text, add_special_tokens=False).ids[:keep]
+
+    def _tail(self, text: str, keep: int, protected: int) -> list[int]:
+        """The last `keep` tokens of `text` as tokenized in full; windows never start
+        inside the first `protected` characters (the prefix)."""
+        chars = keep * CHARS_PER_TOKEN
+        while len(text) - chars > protected:
+            start = len(text) - chars
+            while start > protected and text[start - 1].isdigit():
+                start -= 1  # digits group by threes from the start of their run: never cut inside one
+            encoding = self.tokenizer.encode(text[start:], add_special_tokens=False)
+            words = encoding.word_ids
+            sure = [token for token, word in zip(encoding.ids, words) if word > words[0] + (UNSURE_WORDS - 1)]
+            if len(sure) >= keep:
+                return sure[len(sure) - keep:]
+            chars *= 2
+        return self.tokenizer.encode(text, add_special_tokens=False).ids[-keep:]
 
     def pad(self, rows: list[list[int]], buckets: tuple[int, ...] = ()) -> TokenizedBatch:
         """Right-pad to the longest row, or up to the next length bucket when buckets are given.
 
         Buckets make requests of similar lengths the same shape, which is what
-        Triton's dynamic batcher needs to merge them for the GPU backends.
+        Triton's dynamic batcher needs to merge them for the TensorRT backend.
         """
         longest = max(len(row) for row in rows)
         longest = next((b for b in sorted(buckets) if b >= longest), longest)

@@ -1,8 +1,9 @@
-"""What every model.py shares: request parameters, text decoding, error responses.
+"""What every model.py shares: request parameters, text decoding, error responses, metrics.
 
-Errors the caller caused become INVALID_ARGUMENT with the field and the rule;
-anything else becomes INTERNAL with a generic message and an id that is also
-in the server log with the details. No traceback, path or type name leaks.
+Errors the caller caused become INVALID_ARGUMENT with the field and the rule; a request
+refused for now becomes UNAVAILABLE (retryable); anything else becomes INTERNAL with a
+generic message and an id that is also in the server log with the details and the
+request id. No traceback, path or type name leaks.
 """
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import uuid
 
 import numpy as np
 
-from jina_triton_client.contract import LIMIT_ENV
+from jina_triton_client.contract import REQUEST_ID_HEADER
 from jina_triton_client.validation import InvalidArgument
+
+from .admission import Unavailable
+from .internals import limit_env
 
 
 def request_parameters(request) -> dict:
@@ -54,15 +58,39 @@ def decode_texts(values: np.ndarray | None, field: str, max_text_bytes: int,
     return texts
 
 
-def error_response(pb_utils, exc: BaseException):
+def request_id(request) -> str:
+    """The caller's request id: Triton's own, or the forwarded x-request-id header."""
+    try:
+        found = request.request_id() if hasattr(request, "request_id") else ""
+        if not found:
+            found = next((str(v) for k, v in request_parameters(request).items()
+                          if k.lower() == REQUEST_ID_HEADER), "")
+    except Exception:  # noqa: BLE001 - an id is for the log only
+        found = ""
+    return found[:128]
+
+
+def error_response(pb_utils, exc: BaseException, request=None):
     if isinstance(exc, InvalidArgument):
         return pb_utils.InferenceResponse(
             output_tensors=[], error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+    if isinstance(exc, Unavailable):
+        code = getattr(pb_utils.TritonError, "UNAVAILABLE", pb_utils.TritonError.INTERNAL)
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc), code))
     incident = uuid.uuid4().hex[:12]
     detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    pb_utils.Logger.log_error(f"internal error {incident}: {detail}")
+    caller = request_id(request) if request is not None else ""
+    pb_utils.Logger.log_error(f"internal error {incident} (request id {caller or '-'}): {detail}")
     return pb_utils.InferenceResponse(
         output_tensors=[], error=pb_utils.TritonError(f"internal error, id {incident} (see the server log)"))
+
+
+def cancelled(request) -> bool:
+    """True once the caller gave up (Triton >= 23.10; in an ensemble only steps not yet started see it)."""
+    try:
+        return bool(request.is_cancelled())
+    except Exception:  # noqa: BLE001 - older backends: never cancelled
+        return False
 
 
 def model_parameters(args: dict) -> dict[str, str]:
@@ -74,21 +102,11 @@ def model_parameters(args: dict) -> dict[str, str]:
 def limit(parameters: dict[str, str], name: str) -> int:
     """A limit from the model config, lowered (never raised) by `serve` through the environment."""
     value = int(parameters[name])
-    override = os.environ.get(LIMIT_ENV[name])
+    override = os.environ.get(limit_env(name))
     return min(value, int(override)) if override else value
 
 
 TOKENS_METRIC = "jina_encoder_tokens_total"
-
-
-def token_totals(metrics_text: str, model: str | None = None) -> dict[str, float]:
-    """Sum the encoders' token counters from a Prometheus scrape (optionally of one model)."""
-    totals = {"computed": 0.0, "real": 0.0}
-    for line in metrics_text.splitlines():
-        if line.startswith(TOKENS_METRIC + "{") and (model is None or f'model="{model}"' in line):
-            kind = "computed" if 'kind="computed"' in line else "real"
-            totals[kind] += float(line.rsplit(" ", 1)[1])
-    return totals
 
 
 class _TokenCounters:

@@ -1,0 +1,59 @@
+"""What the sync and async clients share: endpoints, TLS, headers, limits, the call's tensors."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .contract import TEXT, TIMINGS, TOKEN_COUNT
+from .planning import Limits
+from .requests import Request
+from .retry import Attempts, RetryPolicy, RoundRobin, endpoint_list
+
+
+class Connection:
+    """Connection settings of both clients.
+
+    url: "host:port", "h1:p1,h2:p2" or a list; requests go round-robin and a retryable
+    failure moves to the next endpoint. timeout: seconds for a whole `embed` call,
+    retries included (None: no deadline). limits: the server's per-request limits, so
+    that every request the client cuts is admitted.
+    """
+
+    def __init__(self, url="127.0.0.1:8001", *, timeout: float | None = 60.0,
+                 retry: RetryPolicy | None = None, max_in_flight: int = 4, limits: Limits | None = None,
+                 ssl: bool = False, root_certificates: str | None = None, private_key: str | None = None,
+                 certificate_chain: str | None = None, headers: dict | None = None):
+        self.endpoints = RoundRobin(endpoint_list(url))
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.max_in_flight = max(1, max_in_flight)
+        self.limits = limits or Limits()
+        self.tls = {"ssl": ssl or bool(root_certificates), "root_certificates": root_certificates,
+                    "private_key": private_key, "certificate_chain": certificate_chain}
+        self.headers = {name.lower(): value for name, value in (headers or {}).items()}
+
+    def deadline(self) -> float | None:
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def attempts(self, indices: list[int], deadline: float | None) -> Attempts:
+        return Attempts(self.retry, self.endpoints, indices, deadline)
+
+    def call_arguments(self, module, texts: list[str], request: Request, seconds_left: float | None,
+                       timings: bool, headers: dict | None = None) -> dict:
+        data = np.array([[text.encode("utf-8")] for text in texts], dtype=np.object_)
+        tensor = module.InferInput(TEXT, list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data)
+        names = [request.tensor, TOKEN_COUNT] + ([TIMINGS] if timings else [])
+        arguments = {"model_name": request.model, "inputs": [tensor],
+                     "outputs": [module.InferRequestedOutput(name) for name in names],
+                     "parameters": request.parameters, "headers": {**self.headers, **(headers or {})} or None,
+                     "client_timeout": seconds_left}
+        if seconds_left is not None:  # queues on the server drop the request once nobody waits for it
+            arguments["timeout"] = max(1, int(seconds_left * 1e6))
+        return arguments
+
+    @staticmethod
+    def rows(result, request: Request, timings: bool) -> tuple:
+        return (result.as_numpy(request.tensor), result.as_numpy(TOKEN_COUNT),
+                result.as_numpy(TIMINGS) if timings else None)
