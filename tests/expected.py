@@ -14,21 +14,31 @@ class Expected:
         self.max_length = max_length
         self._cache = {}
 
-    def floats(self, texts, task, input_type, dimensions, truncate) -> np.ndarray:
+    def raw(self, texts, task, input_type, dimensions, truncate) -> np.ndarray:
+        """The reference's last-token states, Matryoshka-sliced, before normalization."""
         key = (tuple(texts), task, input_type, truncate)
         if key not in self._cache:
             batch = self.reference.tokenize(list(texts), input_type, truncate, self.max_length)
-            self._cache[key] = (self.reference.pooled(task, batch),
-                                batch["attention_mask"].sum(1).numpy().astype(np.int32))
-        pooled = self._cache[key][0][:, :dimensions]
+            self._cache[key] = self.reference.pooled(task, batch)
+        return self._cache[key][:, :dimensions]
+
+    def floats(self, texts, task, input_type, dimensions, truncate) -> np.ndarray:
+        pooled = self.raw(texts, task, input_type, dimensions, truncate)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
     def token_counts(self, texts, input_type, truncate):
         return self.reference.token_counts(list(texts), input_type, truncate, self.max_length)
 
 
-def assert_outputs_match(got: dict, want_float: np.ndarray, calibration: Calibration) -> None:
+def assert_outputs_match(got: dict, want_float: np.ndarray, calibration: Calibration,
+                         want_raw: np.ndarray | None = None) -> None:
     """Every output against the reference, with the tolerances the contract states."""
+    if OUTPUTS["unnormalized"] in got:
+        raw = got[OUTPUTS["unnormalized"]]
+        assert raw.shape == want_float.shape and raw.dtype == np.float32
+        assert want_raw is not None, "compare unnormalized outputs with the reference's raw states"
+        np.testing.assert_allclose(np.linalg.norm(raw, axis=1), np.linalg.norm(want_raw, axis=1), rtol=1e-4)
+        assert (np.sum(raw * want_float, axis=1) / np.linalg.norm(raw, axis=1)).min() >= 0.99999
     if OUTPUTS["float"] in got:
         floats = got[OUTPUTS["float"]]
         assert floats.shape == want_float.shape and floats.dtype == np.float32

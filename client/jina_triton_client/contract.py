@@ -41,6 +41,7 @@ OUTPUT_INT8 = "embeddings_int8"
 OUTPUT_UINT8 = "embeddings_uint8"
 OUTPUT_BINARY = "embeddings_binary"
 OUTPUT_UBINARY = "embeddings_ubinary"
+OUTPUT_UNNORMALIZED = "embeddings_unnormalized"   # the Matryoshka slice before L2 normalization
 # client-facing output type -> tensor name
 OUTPUTS = {
     "float": OUTPUT_FLOAT,
@@ -48,6 +49,7 @@ OUTPUTS = {
     "uint8": OUTPUT_UINT8,
     "binary": OUTPUT_BINARY,
     "ubinary": OUTPUT_UBINARY,
+    "unnormalized": OUTPUT_UNNORMALIZED,
 }
 PACKED_OUTPUTS = ("binary", "ubinary")
 

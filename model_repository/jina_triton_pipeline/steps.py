@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from jina_triton_client.contract import (
-    OUTPUT_BINARY, OUTPUT_FLOAT, OUTPUT_INT8, OUTPUT_UBINARY, OUTPUT_UINT8, TEXT, TIMINGS, TOKEN_COUNT)
+    OUTPUT_BINARY, OUTPUT_FLOAT, OUTPUT_INT8, OUTPUT_UBINARY, OUTPUT_UINT8, OUTPUT_UNNORMALIZED, TEXT, TIMINGS,
+    TOKEN_COUNT)
 from jina_triton_client.validation import parse_options
 
 from .admission import check_request_tokens
@@ -78,7 +79,8 @@ class Postprocessor:
         vectors = matryoshka(pooled, options.dimensions)
         outputs = {OUTPUT_FLOAT: vectors, OUTPUT_INT8: to_int8(vectors, self.calibration),
                    OUTPUT_UINT8: to_uint8(vectors, self.calibration), OUTPUT_BINARY: to_binary(vectors),
-                   OUTPUT_UBINARY: to_ubinary(vectors), TOKEN_COUNT: counts.astype(np.int32)}
+                   OUTPUT_UBINARY: to_ubinary(vectors), TOKEN_COUNT: counts.astype(np.int32),
+                   OUTPUT_UNNORMALIZED: np.ascontiguousarray(pooled[:, :options.dimensions])}
         postprocess_us = _per_row(rows, (time.perf_counter() - started) * 1e6)
         outputs[TIMINGS] = np.concatenate(spent + [postprocess_us], axis=1)
         return outputs

@@ -104,13 +104,26 @@ def example_request(http_url: str) -> str:
             "\"dimensions\":256},\"outputs\":[{\"name\":\"embeddings\"}]}'")
 
 
-def start_gateway(settings: GatewaySettings, server: TritonServer, status: Path) -> subprocess.Popen:
-    """The gateway in its own process (it holds the keys, read from the environment or files)."""
+def start_gateway(settings: GatewaySettings, server: TritonServer, status: Path, limits: dict) -> subprocess.Popen:
+    """The gateway in its own process: it holds the keys (from the environment or files, never argv)
+    and cuts requests to the repository's limits."""
     command = [sys.executable, "-m", "jina_triton_serving.gateway", "--triton", server.grpc_url,
                "--triton-metrics", server.metrics_url, "--host", settings.host, "--port", str(settings.port),
+               "--max-request-tokens", str(limits["max_request_tokens"]), "--max-length", str(limits["max_length"]),
                *(["--tls-cert", settings.tls_cert, "--tls-key", settings.tls_key] if settings.tls_cert else []),
                *settings.extra_args]
-    return subprocess.Popen(command, env={**os.environ, STATUS_ENV: str(status)}, preexec_fn=die_with_parent)
+    env = {**os.environ, STATUS_ENV: str(status)}
+    if server.security.lock_key:
+        env["JINA_TRITON_LOCK_KEY"] = server.security.lock_key
+    return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+
+
+def effective_limits(manifest: dict, lowered: dict) -> dict:
+    """The repository's limits as this run serves them: lowered, never raised."""
+    built = manifest["options"]
+    return {name: min(built[name], value) if value else built[name]
+            for name, value in {**{n: None for n in ("max_length", "max_request_tokens")}, **lowered}.items()
+            if name in built}
 
 
 def serve(repository: Path, settings: ServeSettings) -> int:
@@ -149,7 +162,8 @@ def serve(repository: Path, settings: ServeSettings) -> int:
             status.update(triton="up", down=[])
             StubSupervisor(server, on_change=lambda down: status.update(down=down)).start()
             if settings.gateway and gateway is None:
-                gateway = start_gateway(settings.gateway, server, status.path)
+                gateway = start_gateway(settings.gateway, server, status.path,
+                                        effective_limits(manifest, settings.limits))
                 log.info("gateway: http%s://%s:%d/v1/embeddings", "s" if settings.gateway.tls_cert else "",
                          settings.gateway.host, settings.gateway.port)
             log.info("ready: gRPC %s, HTTP http://%s, metrics %s", server.grpc_url, server.http_url, server.metrics_url)
