@@ -60,3 +60,13 @@ LOADTEST_ARGS ?=
 .PHONY: loadtest
 loadtest: $(STAMP)
 	$(BIN)/python loadtest/run.py $(LOADTEST_MODE) --preset $(PRESET) --out $(ARTIFACTS)/loadtest $(LOADTEST_ARGS)
+
+# The GPU check (serving/gpu-check.sh): bundle here, run there (one call of the device tool,
+# carrying .gpu-bundle), or the CPU dry run CI does.
+.PHONY: gpu-bundle gpu-check gpu-check-cpu
+gpu-bundle: $(STAMP)
+	$(BIN)/python -m jina_triton_serving.gpu_bundle --out .gpu-bundle
+gpu-check:
+	bash serving/gpu-check.sh .gpu-bundle $(GPU_CHECK_ARGS)
+gpu-check-cpu: $(STAMP)
+	$(BIN)/jina-triton gpu-check --cpu --out $(ARTIFACTS)/gpu-check-cpu

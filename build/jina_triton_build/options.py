@@ -54,8 +54,8 @@ class BuildOptions:
                                  minimum=0)
     preprocess_queue_delay_us: int = option(500, "preprocess dynamic-batching window in microseconds",
                                             templates=("preprocess",), minimum=0)
-    token_budget: int = option(8192, "padded tokens per encoder forward pass",
-                               templates=("encoder_onnx", "encoder_torch"))
+    token_budget: int | None = option(None, "padded tokens per encoder forward pass (default 8192 on cpu, "
+                                      "32768 on a GPU)", templates=("encoder_onnx", "encoder_torch"))
     threads: int = option(2, "CPU threads per encoder instance", templates=("encoder_onnx", "encoder_torch"))
     encoder_instances: int = option(2, "instances per encoder (cpu: 2, so a long request never holds the "
                                     "only one; a GPU runs one)", templates=ENCODERS)
@@ -68,7 +68,8 @@ class BuildOptions:
         instances = self.encoder_instances
         if self.target != "cpu" and instances == BuildOptions.encoder_instances:
             instances = 1
-        return replace(self, precision=precision, encoder_instances=instances)
+        budget = self.token_budget or (8192 if self.target == "cpu" else 32768)
+        return replace(self, precision=precision, encoder_instances=instances, token_budget=budget)
 
     def check(self, model_max_length: int) -> None:
         for spec in fields(self):

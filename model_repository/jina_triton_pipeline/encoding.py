@@ -14,7 +14,7 @@ from .admission import Unavailable
 from .checks import check_token_batch
 from .internals import ATTENTION_MASK, ENCODE_US, INPUT_IDS, POOLED_STATE
 from .packing import NumpyRows, run_packed
-from .triton_adapter import cancelled, error_response, token_counters
+from .triton_adapter import ModelMetrics, cancelled, error_response
 
 
 class OnnxEngine:
@@ -66,10 +66,11 @@ class DlpackTensors:
 
 
 class EncoderStep:
-    def __init__(self, pb_utils, engine, tensors, token_budget: int, max_length: int, model_name: str):
+    def __init__(self, pb_utils, engine, tensors, token_budget: int, max_length: int, model_name: str,
+                 instance: str = ""):
         self.pb, self.engine, self.tensors = pb_utils, engine, tensors
         self.token_budget, self.max_length = token_budget, max_length
-        self.tokens = token_counters(pb_utils, model_name)
+        self.metrics = ModelMetrics(pb_utils, model_name, instance)
 
     def execute(self, requests) -> list:
         responses: list = [None] * len(requests)
@@ -90,12 +91,12 @@ class EncoderStep:
                     self._answer(requests, [index], [inputs[index]], responses)
                 except Exception as exc:  # noqa: BLE001
                     responses[index] = error_response(self.pb, exc, requests[index])
-        return responses
+        return self.metrics.answered(responses)
 
     def _answer(self, requests, order: list[int], inputs: list, responses: list) -> None:
         packed = run_packed(inputs, self.token_budget, self.engine.forward, rows=self.engine.rows,
                             keep=lambda k: not cancelled(requests[order[k]]))
-        self.tokens.record(packed.computed_tokens, packed.real_tokens)
+        self.metrics.tokens(packed.computed_tokens, packed.real_tokens)
         for k, index in enumerate(order):
             pooled = packed.pooled[k]
             if pooled is None:

@@ -187,6 +187,7 @@ class TritonServer:
     env: dict[str, str] = field(default_factory=dict)
     log_file: Path | None = None
     trace_endpoint: str | None = None  # OTLP/HTTP traces of every request carrying a traceparent
+    python_env: Path | None = None     # the venv the stubs run in (default: this interpreter's)
     process: subprocess.Popen | None = None
     stop_requested: bool = False
 
@@ -240,8 +241,10 @@ class TritonServer:
         return command + self.security.arguments() + self.extra_args
 
     def environment(self) -> dict[str, str]:
-        venv_bin = str(Path(sys.executable).parent)
+        venv_bin = str(self.python_env / "bin") if self.python_env else str(Path(sys.executable).parent)
         env = {**os.environ, **self.env}
+        if self.python_env:  # a stub finds the venv's site-packages from PATH, with the base's home
+            env["PYTHONHOME"] = sys.base_prefix
         for name in [name for name in env if name.endswith("_KEY") and name.startswith("JINA_TRITON_")]:
             del env[name]  # the models need no secret; keep them out of Triton's environment
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")

@@ -25,7 +25,7 @@ class TritonPythonModel:
                                  f"({engine.precision}), minimum cosine {cosine:.7f}")
         engine.warm_up(int(params["token_budget"]))
         self.step = EncoderStep(pb_utils, engine, DlpackTensors(pb_utils), int(params["token_budget"]),
-                                limit(params, "max_length"), args["model_name"])
+                                limit(params, "max_length"), args["model_name"], args.get("model_instance_name", ""))
 
     def execute(self, requests):
         return self.step.execute(requests)

@@ -7,7 +7,8 @@ from jina_triton_client.contract import TOKEN_COUNT
 from jina_triton_pipeline.internals import ENCODE_US, POOLED_STATE, TOKENIZE_US
 from jina_triton_pipeline.quantization import Calibration
 from jina_triton_pipeline.steps import Postprocessor
-from jina_triton_pipeline.triton_adapter import error_response, limit, model_parameters, request_parameters
+from jina_triton_pipeline.triton_adapter import (
+    ModelMetrics, error_response, limit, model_parameters, request_parameters)
 
 
 def _input(request, name):
@@ -18,12 +19,13 @@ def _input(request, name):
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
+        self.metrics = ModelMetrics(pb_utils, args["model_name"], args.get("model_instance_name", ""))
         folder = Path(args["model_repository"]) / args["model_version"]
         self.step = Postprocessor(Calibration.load(folder / "calibration.npz"), int(params["hidden_size"]),
                                   limit(params, "max_length"))
 
     def execute(self, requests):
-        return [self._respond(request) for request in requests]
+        return self.metrics.answered([self._respond(request) for request in requests])
 
     def _respond(self, request):
         try:

@@ -6,12 +6,14 @@ import triton_python_backend_utils as pb_utils
 from jina_triton_client.contract import TEXT
 from jina_triton_pipeline.steps import Preprocessor
 from jina_triton_pipeline.tokenization import parse_buckets
-from jina_triton_pipeline.triton_adapter import error_response, limit, model_parameters, request_parameters
+from jina_triton_pipeline.triton_adapter import (
+    ModelMetrics, error_response, limit, model_parameters, request_parameters)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
+        self.metrics = ModelMetrics(pb_utils, args["model_name"], args.get("model_instance_name", ""))
         folder = Path(args["model_repository"]) / args["model_version"]
         self.step = Preprocessor.load(
             folder / "tokenizer.json", limit(params, "max_length"), width=int(params["hidden_size"]),
@@ -20,7 +22,7 @@ class TritonPythonModel:
             buckets=parse_buckets(params.get("length_buckets", "")))
 
     def execute(self, requests):
-        return [self._respond(request) for request in requests]
+        return self.metrics.answered([self._respond(request) for request in requests])
 
     def _respond(self, request):
         try:
