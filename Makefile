@@ -53,13 +53,14 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/jina-triton bench --preset full --out $(ARTIFACTS)/bench $(BENCH_ARGS)
 
-# Load tests (locust): a concurrency sweep on a server this run starts (PRESET=tiny|full),
-# or on a running one (LOADTEST_ARGS="--url HOST:PORT --tokenizer PATH").
+# Load tests (locust): sweep | soak | fault | overload on a server this run starts (PRESET=tiny|full;
+# overload defaults to the full replica), or on a running one (LOADTEST_ARGS="--url HOST:PORT ...").
 LOADTEST_MODE ?= sweep
 LOADTEST_ARGS ?=
+LOADTEST_PRESET ?= $(if $(filter overload,$(LOADTEST_MODE)),full,$(PRESET))
 .PHONY: loadtest
 loadtest: $(STAMP)
-	$(BIN)/python loadtest/run.py $(LOADTEST_MODE) --preset $(PRESET) --out $(ARTIFACTS)/loadtest $(LOADTEST_ARGS)
+	$(BIN)/python loadtest/run.py $(LOADTEST_MODE) --preset $(LOADTEST_PRESET) --out $(ARTIFACTS)/loadtest $(LOADTEST_ARGS)
 
 # The GPU check (serving/gpu-check.sh): bundle here, run there (one call of the device tool,
 # carrying .gpu-bundle), or the CPU dry run CI does.

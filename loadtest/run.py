@@ -1,8 +1,13 @@
-"""`make loadtest`: headless locust sweeps, a soak with memory sampling, and fault runs.
+"""`make loadtest`: headless locust sweeps, a soak with memory sampling, fault runs, overload.
 
-    python loadtest/run.py sweep  [--scenario S] [--users 1,4,16,64] [--step-seconds 30]
-    python loadtest/run.py soak   [--scenario S] [--users 8] [--minutes 10]
-    python loadtest/run.py fault  --kind stub|restart [--users 8] [--seconds 60] [--at 15]
+    python loadtest/run.py sweep    [--scenario S] [--users 1,4,16,64] [--step-seconds 30] [--protocol P]
+    python loadtest/run.py soak     [--scenario S] [--users 8] [--minutes 10]
+    python loadtest/run.py fault    --kind stub|restart [--users 8] [--seconds 60] [--at 15]
+    python loadtest/run.py overload [--scenario S] [--users 8] [--step-seconds 60] [--gateway-concurrency 8]
+
+overload measures the saturation rate (closed loop through the gateway), then sends an open
+loop (Poisson arrivals) at 2x and 4x that rate: admitted requests keep a bounded p95, the rest
+are refused with 429 at once, nothing is lost, the server stays up.
 
 Without --url it builds and starts a server itself (--repository DIR, or a SYNTHETIC
 replica of --preset tiny|full). Results go to --out, stamped with machine and
@@ -30,6 +35,7 @@ sys.path.insert(0, str(HERE))
 from scenario import load_scenario  # noqa: E402
 
 STOP_TIMEOUT_S = 120  # locust lets running requests finish this long after the end of a step
+REFUSAL_MS = 50       # a refused request is told so at once
 
 
 # -- the server under test --------------------------------------------------------
@@ -37,19 +43,20 @@ class Target:
     """A server given by URL, or one this run builds and owns (needed for fault runs)."""
 
     def __init__(self, args, out: Path):
-        self.server = None
+        self.server = self.gateway = None
         if args.url:
-            self.grpc, self.http, self.tokenizer = args.url, args.http_url, args.tokenizer
-            if not self.tokenizer:
-                raise SystemExit("--url needs --tokenizer (the served checkpoint's tokenizer.json)")
+            self.grpc, self.http, self.front = args.url, args.http_url, args.gateway_url
             return
         repository = Path(args.repository) if args.repository else self._build(args.preset, out)
+        from jina_triton_serving.gateway.process import GatewayProcess
         from jina_triton_serving.server import TritonServer
 
         self.server = TritonServer.on_free_ports(repository, log_file=out / "server.log")
         self.server.__enter__()
         self.grpc, self.http = self.server.grpc_url, f"http://{self.server.http_url}"
-        self.tokenizer = str(repository / "preprocess" / "1" / "tokenizer.json")
+        self.gateway = GatewayProcess(self.server, "--max-concurrency", str(args.gateway_concurrency),
+                                      log_file=out / "gateway.log").start()
+        self.front = self.gateway.url
 
     @staticmethod
     def _build(preset: str, out: Path) -> Path:
@@ -60,6 +67,17 @@ class Target:
         repository = out.parent / f"repository-{preset}"
         build_repository(checkpoint, repository)
         return repository
+
+    def alive(self) -> bool:
+        """The server answers readiness (through the gateway when there is one)."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.front or self.http}/{'ready' if self.front else 'v2/health/ready'}",
+                                        timeout=10) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
 
     def restart(self) -> float:
         """Stop and start the owned server on the same ports; returns the downtime in seconds."""
@@ -88,26 +106,32 @@ class Target:
         return [root] + root.children(recursive=True)
 
     def close(self):
+        if self.gateway:
+            self.gateway.stop()
         if self.server:
             self.server.__exit__(None, None, None)
 
 
 # -- one locust run ---------------------------------------------------------------
-def locust_step(target: Target, args, users: int, seconds: float, prefix: Path, on_tick=None) -> dict:
+CLASSES = {"grpc": ["TritonGrpcUser"], "http": ["TritonHttpUser"], "gateway": ["GatewayUser"],
+           "both": ["TritonGrpcUser", "TritonHttpUser"], "all": ["TritonGrpcUser", "TritonHttpUser", "GatewayUser"]}
+
+
+def locust_step(target: Target, args, users: int, seconds: float, prefix: Path, on_tick=None,
+                classes: list[str] | None = None, extra: tuple = ()) -> dict:
     events = prefix.with_suffix(".events.jsonl")
     events.unlink(missing_ok=True)
-    env = {**os.environ, "JINA_LOADTEST_SCENARIO": args.scenario, "JINA_LOADTEST_GRPC": target.grpc,
-           "JINA_LOADTEST_HTTP": target.http or "", "JINA_LOADTEST_TOKENIZER": target.tokenizer,
-           "JINA_LOADTEST_EVENTS": str(events)}
-    classes = {"grpc": ["GrpcUser"], "http": ["HttpUser"], "both": ["GrpcUser", "HttpUser"]}[args.protocol]
+    urls = [f"--grpc-url=grpc://{target.grpc}"] + ([f"--http-url={target.http}"] if target.http else []) + \
+        ([f"--gateway-url={target.front}"] if target.front else [])
     command = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",
                "-u", str(users), "-r", str(users), "-t", f"{int(seconds)}s", "--stop-timeout", str(STOP_TIMEOUT_S),
                "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary", "--loglevel", "WARNING",
-               *classes]
+               f"--scenario={args.scenario}", f"--events={events}", *urls, *extra,
+               *(classes or CLASSES[args.protocol])]
     from jina_triton_serving.server import die_with_parent
 
     started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stdout=open(str(prefix) + ".log", "w"), stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, stdout=open(str(prefix) + ".log", "w"), stderr=subprocess.STDOUT,
                                preexec_fn=die_with_parent)
     deadline = seconds + STOP_TIMEOUT_S + 60  # locust must be done by then, or it hangs
     killed = False
@@ -127,11 +151,15 @@ def summarize(events: Path, prefix: Path, users: int, wall: float) -> dict:
     rows = [r for r in lines if "started" not in r]
     started = next((r["started"] for r in lines if "started" in r), None)
     ok = [r for r in rows if r["ok"]]
-    failed = [r for r in rows if not r["ok"]]
+    refused = [r for r in rows if r.get("status") == 429]  # told at once to come back later
+    failed = [r for r in rows if not r["ok"] and r.get("status") != 429]
     span = (max(r["t"] for r in rows) - min(r["t"] - r["ms"] / 1000 for r in rows)) if rows else 0.0
     latencies = np.array([r["ms"] for r in ok]) if ok else np.array([np.nan])
+    refusals = np.array([r["ms"] for r in refused]) if refused else np.array([np.nan])
     return {
         "users": users, "requests": len(rows), "failures": len(failed), "seconds": round(span, 2),
+        "admitted": len(ok), "refused": len(refused),
+        "refused_p99_ms": round(float(np.percentile(refusals, 99)), 1), "refused_max_ms": round(float(np.max(refusals)), 1),
         "requests_per_s": round(len(rows) / span, 2) if span else 0.0,
         "texts_per_s": round(sum(r["texts"] for r in ok) / span, 2) if span else 0.0,
         "tokens_per_s": round(sum(r["tokens"] for r in ok) / span, 1) if span else 0.0,
@@ -219,6 +247,22 @@ def fault(target, args, out) -> dict:
             "answered_after_fault": len(after) - len(failed_after)}
 
 
+def overload(target, args, out) -> dict:
+    """Saturation rate in a closed loop, then open-loop arrivals at 2x and 4x it, through the gateway."""
+    users = args.gateway_concurrency  # as many closed-loop users as the gateway admits: saturated, not refused
+    print(f"overload: closed loop, {users} users, {args.step_seconds} s", flush=True)
+    closed = locust_step(target, args, users, args.step_seconds, out / "saturation", classes=["GatewayUser"])
+    rate = round(closed["admitted"] / closed["seconds"], 3) if closed["seconds"] else 1.0
+    steps = [closed]
+    for factor in (2, 4):
+        print(f"overload: open loop at {factor}x {rate} = {factor * rate:.2f} requests/s", flush=True)
+        step = locust_step(target, args, 1, args.step_seconds, out / f"open-{factor}x", classes=["OpenLoopGatewayUser"],
+                           extra=(f"--arrival-rate={factor * rate}",))
+        steps.append({**step, "factor": factor, "arrival_rate": round(factor * rate, 2)})
+        print(json.dumps(steps[-1]), flush=True)
+    return {"steps": steps, "saturation_requests_per_s": rate, "alive_after": target.alive()}
+
+
 def _alive(processes):
     return [p for p in processes if p.is_running()]
 
@@ -244,12 +288,15 @@ def _plot(steps, path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("sweep", "soak", "fault"))
+    parser.add_argument("mode", choices=("sweep", "soak", "fault", "overload"))
     parser.add_argument("--scenario", default="query_heavy")
-    parser.add_argument("--protocol", choices=("grpc", "http", "both"), default="grpc")
+    parser.add_argument("--protocol", choices=tuple(CLASSES), default="grpc")
     parser.add_argument("--url", help="gRPC HOST:PORT of a running server (default: start one)")
     parser.add_argument("--http-url", help="http://HOST:PORT of that server (for HTTP users)")
-    parser.add_argument("--tokenizer", help="tokenizer.json of the served checkpoint (with --url)")
+    parser.add_argument("--gateway-url", help="http://HOST:PORT of its gateway (for gateway users)")
+    parser.add_argument("--gateway-concurrency", type=int, default=8,
+                        help="the gateway's concurrent requests (more get 429) when this run starts it")
+    parser.add_argument("--p95-bound", type=float, help="admitted p95 bound in ms (default: the scenario's)")
     parser.add_argument("--repository", help="model repository to serve (default: a synthetic --preset)")
     parser.add_argument("--preset", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--users", default="1,4,16,64")
@@ -267,11 +314,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     target = Target(args, out)
     try:
-        result = {"sweep": sweep, "soak": soak, "fault": fault}[args.mode](target, args, out)
+        result = {"sweep": sweep, "soak": soak, "fault": fault, "overload": overload}[args.mode](target, args, out)
     finally:
         target.close()
-    from jina_triton_serving.bench import machine
+    from jina_triton_serving.machine import cpu_identity, versions
 
+    bound = args.p95_bound or scenario.p95_ms_max
     problems = []
     for step in result["steps"]:
         if step["killed_after_deadline"]:
@@ -280,9 +328,14 @@ def main(argv=None) -> int:
             problems.append(f"{step['lost']} request(s) lost (or unaccounted) at {step['users']} users")
         if args.mode != "fault" and step["failures"]:
             problems.append(f"{step['failures']} failed request(s) at {step['users']} users: {step['errors'][:3]}")
-        if step["p95_ms"] > scenario.p95_ms_max:
-            problems.append(f"p95 {step['p95_ms']} ms > bound {scenario.p95_ms_max} ms at {step['users']} users")
-    summary = {"mode": args.mode, "scenario": scenario.name, "protocol": args.protocol, "machine": machine(),
+        if step["p95_ms"] > bound:
+            problems.append(f"p95 {step['p95_ms']} ms > bound {bound} ms at {step['users']} users")
+        if step["refused"] and step["refused_p99_ms"] > REFUSAL_MS:
+            problems.append(f"refusals took {step['refused_p99_ms']} ms (p99) > {REFUSAL_MS} ms at {step['users']} users")
+    if args.mode == "overload" and not result["alive_after"]:
+        problems.append("the server was not ready after the overload")
+    summary = {"mode": args.mode, "scenario": scenario.name, "protocol": args.protocol,
+               "machine": {"cpu": cpu_identity(), **versions()},
                "server": "given" if args.url else "started by this run", **result, "problems": problems}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "memory_samples"}, indent=2))

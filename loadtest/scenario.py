@@ -52,13 +52,41 @@ def load_scenario(name_or_path: str) -> Scenario:
 
 
 class TextPool:
-    """Deterministic texts per workload profile, from the shipped corpus."""
+    """Texts per workload profile: from a file (one per line) or built from the shipped corpus.
 
-    def __init__(self, tokenizer_file: str, size: int = 200, seed: int = 0):
-        from jina_triton_serving.workload import Workload, token_counter
+    Built in: queries of 20-120 UTF-8 bytes (about 8-32 tokens), documents of 400-2,000 bytes
+    (about 100-512), one language each, seeded; token counts come back from the server.
+    """
 
-        workload = Workload(token_counter(tokenizer_file), seed)
-        self.pools = {profile: workload.texts(profile, size) for profile in ("query", "document", "mixed")}
+    QUERY_BYTES, DOCUMENT_BYTES, SHORT = (20, 120), (400, 2000), 200
 
-    def sample(self, rng: random.Random, profile: str, count: int):
-        return rng.sample(self.pools[profile], count)
+    def __init__(self, texts_file: str | None = None, size: int = 200, seed: int = 0):
+        rng = random.Random(seed)
+        if texts_file:
+            lines = [line.strip() for line in Path(texts_file).read_text().splitlines() if line.strip()]
+            if not lines:
+                raise SystemExit(f"{texts_file} holds no texts")
+            short = [t for t in lines if len(t) <= self.SHORT] or lines
+            long = [t for t in lines if len(t) > self.SHORT] or lines
+        else:
+            from jina_triton_build.corpus import corpus_entries
+
+            languages: dict[str, list[str]] = {}
+            for language, sentence in corpus_entries():
+                languages.setdefault(language, []).append(sentence)
+            short = [self._build(rng, languages, *self.QUERY_BYTES) for _ in range(size)]
+            long = [self._build(rng, languages, *self.DOCUMENT_BYTES) for _ in range(size)]
+        self.pools = {"query": short, "document": long, "mixed": short + long}
+
+    @staticmethod
+    def _build(rng: random.Random, languages: dict, low: int, high: int) -> str:
+        sentences = languages[rng.choice(sorted(languages))]
+        target, text = rng.randint(low, high), ""
+        while len(text.encode()) < target:
+            text = (text + " " + rng.choice(sentences)).strip()
+        cut = text.encode()[:target].decode("utf-8", "ignore")
+        return cut.rsplit(" ", 1)[0] if " " in cut[1:] else cut
+
+    def sample(self, rng: random.Random, profile: str, count: int) -> list[str]:
+        pool = self.pools[profile]
+        return [rng.choice(pool) for _ in range(count)]

@@ -1,4 +1,5 @@
-"""Short locust runs against the real server: a sweep, a killed stub, a restarted server."""
+"""Short locust runs against the real server: a sweep over every protocol, a killed stub, a restarted
+server, a soak, an overload, and the locustfile as locust users run it."""
 from __future__ import annotations
 
 import json
@@ -19,12 +20,14 @@ def run_loadtest(*args, timeout=300):
     return result, folder
 
 
-def test_short_sweep_over_grpc_and_http(triton, tiny_repository, tmp_path):
-    result, folder = run_loadtest(
-        "sweep", "--url", triton.grpc_url, "--http-url", f"http://{triton.http_url}",
-        "--tokenizer", str(tiny_repository / "preprocess" / "1" / "tokenizer.json"),
-        "--scenario", "mixed_tasks", "--protocol", "both", "--users", "1,4", "--step-seconds", "8",
-        "--out", str(tmp_path))
+def test_short_sweep_over_grpc_http_and_the_gateway(triton, tmp_path):
+    from jina_triton_serving.gateway.process import GatewayProcess
+
+    with GatewayProcess(triton, log_file=tmp_path / "gateway.log") as gateway:
+        result, folder = run_loadtest(
+            "sweep", "--url", triton.grpc_url, "--http-url", f"http://{triton.http_url}", "--gateway-url", gateway.url,
+            "--scenario", "mixed_tasks", "--protocol", "all", "--users", "1,4", "--step-seconds", "8",
+            "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path.glob("sweep-*/summary.json").__next__()).read_text())
     assert [s["users"] for s in summary["steps"]] == [1, 4]
@@ -34,7 +37,9 @@ def test_short_sweep_over_grpc_and_http(triton, tiny_repository, tmp_path):
     out = next(tmp_path.glob("sweep-*"))
     assert (out / "sweep.png").stat().st_size > 1000
     assert (out / "step-004_stats.csv").is_file() and (out / "step-004.html").is_file()
-    assert summary["machine"]["cores"] >= 1
+    assert summary["machine"]["cpu"]["cores"] >= 1
+    protocols = {json.loads(line).get("protocol") for line in (out / "step-004.events.jsonl").read_text().splitlines()}
+    assert {"grpc", "http", "gateway"} <= protocols
 
 
 @pytest.mark.parametrize("kind, seconds", [("stub", 25), ("restart", 40)])
@@ -62,3 +67,27 @@ def test_short_soak_samples_memory(tiny_repository, tmp_path):
     assert summary["steps"][0]["lost"] == 0 and summary["steps"][0]["failures"] == 0
     for window in ("after_warmup", "second_half"):
         assert summary[window]["requests"] > 0 and summary[window]["mb_per_1000_requests"] is not None
+
+
+def test_overload_refuses_fast_and_loses_nothing(tiny_repository, tmp_path):
+    result, _ = run_loadtest("overload", "--repository", str(tiny_repository), "--scenario", "query_heavy",
+                             "--users", "4", "--step-seconds", "10", "--gateway-concurrency", "2", "--out", str(tmp_path),
+                             timeout=400)
+    summary = json.loads(next(tmp_path.glob("overload-*/summary.json")).read_text())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [s.get("factor") for s in summary["steps"]] == [None, 2, 4] and summary["alive_after"]
+    for step in summary["steps"]:
+        assert step["lost"] == 0 and step["failures"] == 0 and step["admitted"] > 0
+    assert summary["steps"][-1]["refused"] > 0  # 4x the saturation rate cannot all be admitted
+
+
+def test_the_locustfile_runs_as_locust_users_run_it(triton, tmp_path):
+    """No project-specific environment: `locust -f loadtest/locustfile.py CLASS --host ...`, plus the sweep shape."""
+    command = [sys.executable, "-m", "locust", "-f", f"{REPO_ROOT}/loadtest/locustfile.py,{REPO_ROOT}/loadtest/shapes.py",
+               "--headless", "--host", f"http://{triton.http_url}", "--sweep-users", "1,2", "--step-seconds", "3",
+               "--csv", str(tmp_path / "run"), "--only-summary", "TritonHttpUser"]
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("JINA_")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {row.split(",")[1]: row.split(",") for row in (tmp_path / "run_stats.csv").read_text().splitlines()[1:]}
+    assert int(rows["Aggregated"][2]) > 0 and int(rows["Aggregated"][3]) == 0  # requests, failures

@@ -16,7 +16,6 @@ from jina_triton_client.contract import (
     TOKEN_COUNT)
 from jina_triton_client.validation import parse_options
 
-from .admission import check_request_tokens
 from .checks import check_column, check_pooled
 from .internals import ATTENTION_MASK, ENCODE_US, INPUT_IDS, TOKENIZE_US
 from .pooling import matryoshka
@@ -50,8 +49,7 @@ class Preprocessor:
         started = time.perf_counter()
         options = parse_options(parameters, self.width)
         texts = decode_texts(text, TEXT, self.max_text_bytes, self.max_request_bytes)
-        batch = self.tokenizer(texts, options.input_type, options.truncate, self.buckets)
-        check_request_tokens(batch.token_count, self.max_request_tokens)
+        batch = self.tokenizer(texts, options.input_type, options.truncate, self.buckets, self.max_request_tokens)
         return {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask, TOKEN_COUNT: batch.token_count,
                 TOKENIZE_US: _per_row(len(texts), (time.perf_counter() - started) * 1e6)}
 

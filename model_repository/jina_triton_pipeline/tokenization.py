@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jina_triton_client.contract import PREFIXES, TRUNCATE_END, TRUNCATE_NONE
+from jina_triton_client.contract import PREFIXES, TEXT, TRUNCATE_END, TRUNCATE_NONE
 from jina_triton_client.validation import InvalidArgument
 
 PAD_TOKEN = "<|pad|>"
@@ -41,10 +41,13 @@ class TextTokenizer:
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         self.max_length = max_length
 
-    def token_ids(self, texts: list[str], input_type: str, truncate: str) -> list[list[int]]:
+    def token_ids(self, texts: list[str], input_type: str, truncate: str,
+                  max_total: int | None = None) -> list[list[int]]:
         """Token ids per text (prefix + content + EOS), truncated to max_length.
 
-        Raises InvalidArgument for a text longer than max_length when truncate is NONE.
+        Raises InvalidArgument for a text longer than max_length when truncate is NONE, and as
+        soon as the request's tokens pass `max_total`: a request over its cap costs no more
+        tokenizing than the cap.
         """
         prefix = PREFIXES[input_type]
         budget = self.max_length - 1  # room for the EOS
@@ -54,8 +57,12 @@ class TextTokenizer:
         for i, encoding in zip(short, self.tokenizer.encode_batch([prefix + texts[i] for i in short],
                                                                   add_special_tokens=False)):
             rows[i] = encoding.ids
+        total = sum(len(rows[i]) + 1 for i in short)
         for i in sorted(set(range(len(texts))) - set(short)):
+            _check_total(total, max_total)
             rows[i] = self._long(i, texts[i], prefix, budget, truncate)
+            total += len(rows[i]) + 1
+        _check_total(total, max_total)
         return [row + [self.eos_id] for row in rows]
 
     def _long(self, index: int, text: str, prefix: str, budget: int, truncate: str) -> list[int]:
@@ -118,8 +125,15 @@ class TextTokenizer:
         return TokenizedBatch(ids, mask, counts)
 
     def __call__(self, texts: list[str], input_type: str, truncate: str,
-                 buckets: tuple[int, ...] = ()) -> TokenizedBatch:
-        return self.pad(self.token_ids(texts, input_type, truncate), buckets)
+                 buckets: tuple[int, ...] = (), max_total: int | None = None) -> TokenizedBatch:
+        return self.pad(self.token_ids(texts, input_type, truncate, max_total), buckets)
+
+
+def _check_total(total: int, limit: int | None) -> None:
+    """Tokens after truncation of one request: a static cap, so retrying cannot help."""
+    if limit is not None and total > limit:
+        raise InvalidArgument(TEXT, f"the request holds more than {limit} tokens after truncation, the limit per "
+                              f"request; send fewer texts per request (the project's client splits by tokens)")
 
 
 def parse_buckets(text: str) -> tuple[int, ...]:
