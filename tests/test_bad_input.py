@@ -74,9 +74,26 @@ def test_bad_input_is_invalid_argument(triton, protocol, name, args, pattern):
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_float_dimensions_over_http_json(triton, protocol):
-    if protocol == "http":
-        assert "dimensions: must be an integer" in refused(triton, "http", batch("a"), {"dimensions": 64.5})
+@pytest.mark.parametrize("value", [64.5, 1e30, -1.0])
+def test_float_dimensions(triton, protocol, value):
+    assert "dimensions: must be an integer" in refused(triton, protocol, batch("a"), {"dimensions": value})
+
+
+def test_null_and_huge_parameters(triton):
+    # a JSON null is refused by Triton's own parameter parsing, also naming the field
+    assert "parameter 'dimensions' has invalid type" in refused(triton, "http", batch("a"), {"dimensions": None})
+    assert "parameter 'input_type' has invalid type" in refused(triton, "http", batch("a"), {"input_type": None})
+    assert "dimensions: must be" in refused(triton, "http", batch("a"), {"dimensions": 10**30})
+    assert "dimensions: must be from 32 to 768" in refused(triton, "grpc", batch("a"), {"dimensions": 2**62})
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_an_empty_batch_is_refused(triton, protocol):
+    with pytest.raises(InferenceServerException) as error:
+        send(triton, protocol, np.zeros((0, 1), dtype=np.object_))
+    assert not LEAKS.search(error.value.message())
+    assert str(error.value.status()) in ("StatusCode.INVALID_ARGUMENT", "400"), error.value.message()
+    assert triton.ready()
 
 
 def test_whitespace_only_text_is_embedded(triton):
@@ -91,9 +108,19 @@ def test_model_that_is_not_loaded(triton):
     assert "unknown model: 'embed_summarization'" in error.value.message()
 
 
+def _mixed_executions(triton) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(triton.metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('jina_model_mixed_executions_total{') and 'model="preprocess"' in line)
+
+
 def test_a_bad_request_fails_alone_inside_a_dynamic_batch(triton):
     stats = grpcclient.InferenceServerClient(triton.grpc_url)
     before = stats.get_inference_statistics("preprocess", as_json=True)["model_stats"][0]
+    mixed_before = _mixed_executions(triton)
     bad_kinds = [(batch(b"\xff"), None), (batch(""), None), (batch("a"), {"dimensions": 3}),
                  (batch("b", LONG), {"truncate": "NONE"})]
     jobs = []
@@ -125,6 +152,7 @@ def test_a_bad_request_fails_alone_inside_a_dynamic_batch(triton):
     requests = int(after["inference_count"]) - int(before.get("inference_count", 0))
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
     assert executions < requests, "preprocess never batched requests together"
+    assert _mixed_executions(triton) > mixed_before, "no execution held a bad request beside good ones"
     assert triton.ready()
 
 
@@ -155,8 +183,7 @@ def test_live_fuzz_leaves_only_results_or_clean_errors(triton):
         texts, parameters = case
         values = np.array([[t] for t in texts], dtype=np.object_)
         try:
-            result = send(triton, "grpc", values, parameters)
-            return ("ok", result.as_numpy("embeddings").shape[0] == len(texts))
+            return ("ok", send(triton, "grpc", values, parameters).as_numpy("embeddings"))
         except InferenceServerException as exc:
             return (str(exc.status()), exc.message())
 
@@ -164,10 +191,91 @@ def test_live_fuzz_leaves_only_results_or_clean_errors(triton):
         outcomes = list(pool.map(run, cases))
     statuses = {outcome[0] for outcome in outcomes}
     assert statuses <= {"ok", "StatusCode.INVALID_ARGUMENT"}, statuses
-    assert all(detail for status, detail in outcomes if status == "ok")
+    answered = [(case, vectors) for case, (status, vectors) in zip(cases, outcomes) if status == "ok"]
+    for (texts, parameters), vectors in answered:  # finite, unit length, the width asked for, a row per text
+        width = parameters.get("dimensions", 768)
+        assert vectors.shape == (len(texts), width) and np.isfinite(vectors).all()
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    for (texts, parameters), vectors in answered[:40]:  # the right request's rows: alone, the same answer
+        values = np.array([[t] for t in texts], dtype=np.object_)
+        alone = send(triton, "grpc", values, parameters).as_numpy("embeddings")
+        assert np.sum(alone * vectors, axis=1).min() >= 0.99999
     for status, message in outcomes:
         if status != "ok":
             assert not LEAKS.search(message), message
-    assert sum(status == "ok" for status, _ in outcomes) > 200  # the encoder was reached often (270 with this seed)
+    assert len(answered) > 200  # the encoder was reached often
     assert triton.ready()
     assert send(triton, "grpc", batch("still fine")).as_numpy("embeddings").shape == (1, 768)
+
+
+def _direct(triton, model, inputs: dict, parameters=None):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    tensors = []
+    for name, array in inputs.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32",
+                                                                 np.dtype(np.float32): "FP32"}[array.dtype])
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return client.infer(model, tensors, parameters=parameters)
+
+
+def _ids(*rows):
+    ids = np.array(rows, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+ENCODER_CASES = [
+    ("id out of the vocabulary", _ids([5, 10**7, 128001]), "input_ids: must hold token ids from 0 to 128255"),
+    ("negative id", _ids([-5, 128001]), "input_ids: must hold token ids"),
+    ("longer than the max length", _ids([5] * 4096), "input_ids: has 4096 positions, more than the maximum 64"),
+    ("mask not right-padded", {"input_ids": np.array([[5, 6, 7]]), "attention_mask": np.array([[0, 1, 1]])},
+     "attention_mask: must be right-padded"),
+    ("mask not 0/1", {"input_ids": np.array([[5, 6]]), "attention_mask": np.array([[1, 7]])},
+     "attention_mask: must hold only 0 and 1"),
+]
+
+
+@pytest.mark.parametrize("name, inputs, pattern", ENCODER_CASES, ids=[c[0] for c in ENCODER_CASES])
+def test_a_direct_call_to_an_encoder_is_checked(any_target, name, inputs, pattern):
+    with pytest.raises(InferenceServerException) as error:
+        _direct(any_target, "encoder_retrieval", inputs)
+    assert str(error.value.status()) == "StatusCode.INVALID_ARGUMENT" and pattern in error.value.message()
+    assert not LEAKS.search(error.value.message())
+    assert any_target.ready()
+
+
+def _pooled(value=1.0, count=3):
+    return {"pooled_state": np.full((1, 768), value, np.float32), "token_count": np.array([[count]], np.int32)}
+
+
+def _nan():
+    inputs = _pooled()
+    inputs["pooled_state"][0, 3] = np.nan
+    return inputs
+
+
+POSTPROCESS_CASES = [
+    ("NaN state", _nan(), "pooled_state: row 0 holds NaN or Inf"),
+    ("zero state", _pooled(0.0), "pooled_state: row 0 is all zeros"),
+    ("token count 0", _pooled(count=0), "token_count: must be from 1 to 64"),
+    ("token count over the max", _pooled(count=65), "token_count: must be from 1 to 64"),
+]
+
+
+@pytest.mark.parametrize("name, inputs, pattern", POSTPROCESS_CASES, ids=[c[0] for c in POSTPROCESS_CASES])
+def test_a_direct_call_to_postprocess_is_checked(triton, name, inputs, pattern):
+    with pytest.raises(InferenceServerException) as error:
+        _direct(triton, "postprocess", inputs)
+    assert str(error.value.status()) == "StatusCode.INVALID_ARGUMENT" and pattern in error.value.message()
+
+
+def test_direct_calls_that_are_fine_are_answered(triton):
+    assert _direct(triton, "encoder_retrieval", _ids([5, 6, 128001])).as_numpy("pooled_state").shape == (1, 768)
+    result = _direct(triton, "postprocess", _pooled(), {"dimensions": 64})
+    assert result.as_numpy("embeddings").shape == (1, 64)
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    text = grpcclient.InferInput("text", [1, 1], "BYTES")
+    text.set_data_from_numpy(batch("a"))
+    assert client.infer("preprocess", [text]).as_numpy("token_count").tolist() == [[4]]
+    with pytest.raises(InferenceServerException, match="input_type: must be one of"):
+        client.infer("preprocess", [text], parameters={"input_type": "x"})

@@ -1,49 +1,122 @@
-"""`jina-triton serve` as users run it: ready message, a working example, clean shutdown."""
+"""`jina-triton serve` as users run it: a working example, the gateway beside Triton, no key on any
+command line, a tritonserver that dies comes back, a clean stop."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from conftest import free_port
 
 pytestmark = pytest.mark.server
+API_KEY, ADMIN_KEY = "api-key-c0ffee-7f3a9", "admin-key-d00d-55e1"
 
 
-def test_serve_prints_a_working_example_and_stops_on_sigterm(tiny_repository):
-    ports = [free_port() for _ in range(3)]
+def _get(url, headers=None, timeout=10):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return None, b""
+
+
+def _wait(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.fixture(scope="module")
+def serving(tiny_repository, tmp_path_factory):
+    """One `jina-triton serve` process with the gateway, keys from the environment and a file."""
+    folder = tmp_path_factory.mktemp("serve")
+    (folder / "admin.key").write_text(ADMIN_KEY + "\n")
+    (folder / "admin.key").chmod(0o600)
+    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
+    env = {**os.environ, "JINA_TRITON_API_KEY": API_KEY}
     process = subprocess.Popen(
         [sys.executable, "-m", "jina_triton_serving.cli", "serve", "--repository", str(tiny_repository),
-         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, example = [], None
-    deadline = time.monotonic() + 180
+         "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"]),
+         "--gateway-port", str(ports["gateway"]), "--admin-key-file", str(folder / "admin.key")],
+        stdout=open(folder / "serve.log", "w"), stderr=subprocess.STDOUT, text=True, env=env)
+    log = folder / "serve.log"
     try:
-        while time.monotonic() < deadline and example is None:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "INFO try: " in line:
-                example = line.split("INFO try: ", 1)[1].strip()
-        assert example, "".join(lines[-30:])
-        assert any("SERVING A SYNTHETIC" in line for line in lines)
-        url = re.search(r"(http://\S+/infer)", example).group(1)
-        body = re.search(r"-d '(.*)'$", example).group(1)
-        request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            answer = json.loads(reply.read())
-        assert answer["outputs"][0]["name"] == "embeddings" and answer["outputs"][0]["shape"] == [1, 256]
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        assert _wait(lambda: "INFO try: " in log.read_text() or process.poll() is not None, 240), log.read_text()[-3000:]
+        gateway = f"http://127.0.0.1:{ports['gateway']}"
+        assert _wait(lambda: _get(f"{gateway}/ready")[0] == 200, 60), log.read_text()[-3000:]
+        yield {"process": process, "ports": ports, "log": log, "gateway": gateway}
     finally:
         if process.poll() is None:
             process.kill()
-    leftover = subprocess.run(["pgrep", "-f", f"--grpc-port={ports[1]}"], capture_output=True, text=True)
+
+
+def test_serve_prints_a_working_example(serving):
+    lines = serving["log"].read_text().splitlines()
+    assert any("SERVING A SYNTHETIC" in line for line in lines)
+    example = next(line.split("INFO try: ", 1)[1] for line in lines if "INFO try: " in line)
+    url = re.search(r"(http://\S+/infer)", example).group(1)
+    body = re.search(r"-d '(.*)'$", example).group(1)
+    request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        answer = json.loads(reply.read())
+    assert answer["outputs"][0]["name"] == "embeddings" and answer["outputs"][0]["shape"] == [1, 256]
+
+
+def test_the_gateway_holds_the_keys_and_none_is_on_a_command_line(serving):
+    request = urllib.request.Request(f"{serving['gateway']}/v1/embeddings", method="POST",
+                                     data=json.dumps({"input": "hi", "dimensions": 32}).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        assert len(json.loads(reply.read())["data"][0]["embedding"]) == 32
+    assert _get(f"{serving['gateway']}/v1/models")[0] == 401
+    listing = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    assert f"--grpc-port={serving['ports']['grpc']}" in listing  # Triton is running
+    assert API_KEY not in listing and ADMIN_KEY not in listing
+    triton = next(line for line in listing.splitlines() if f"--grpc-port={serving['ports']['grpc']}" in line)
+    assert "restricted" not in triton  # loopback only: no lock key either
+    pids = [int(p) for p in subprocess.run(["pgrep", "-f", f"--grpc-port={serving['ports']['grpc']}"],
+                                           capture_output=True, text=True).stdout.split()]
+    for pid in pids:  # nor in Triton's environment
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert API_KEY.encode() not in environ and ADMIN_KEY.encode() not in environ
+
+
+def test_a_dead_tritonserver_comes_back_and_readiness_says_so(serving):
+    grpc = serving["ports"]["grpc"]
+    pid = int(subprocess.run(["pgrep", "-f", f"tritonserver.*--grpc-port={grpc}"], capture_output=True,
+                             text=True).stdout.split()[0])
+    prefix = next(part for part in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                  if "shm-region-prefix-name" in part).rsplit("=", 1)[1]
+    regions = len(list(Path("/dev/shm").glob(prefix + "*")))
+    assert regions > 0, (prefix, sorted(os.listdir("/dev/shm")))
+    os.kill(pid, signal.SIGKILL)
+    assert _wait(lambda: _get(f"{serving['gateway']}/ready")[0] == 503, 30), "readiness did not drop"
+    http = f"http://127.0.0.1:{serving['ports']['http']}/v2/health/ready"
+    assert _wait(lambda: _get(http)[0] == 200, 180), serving["log"].read_text()[-3000:]
+    assert _wait(lambda: _get(f"{serving['gateway']}/ready")[0] == 200, 60)
+    log = serving["log"].read_text()
+    assert "tritonserver exited with code" in log and "restarting tritonserver" in log
+    assert len(list(Path("/dev/shm").glob(prefix + "*"))) <= regions  # the dead server's regions were cleared
+
+
+def test_sigterm_stops_everything(serving):
+    process = serving["process"]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=90) == 0
+    leftover = subprocess.run(["pgrep", "-f", f"--grpc-port={serving['ports']['grpc']}"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "tritonserver outlived serve"
+    assert _get(f"{serving['gateway']}/health", timeout=2)[0] is None, "the gateway outlived serve"
