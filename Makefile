@@ -1,8 +1,9 @@
 # Two commands on a fresh machine: `make serve` and `make test`.
 SHELL := /bin/bash
-# The Triton Python-backend stub links Debian's libpython3.11, so the venv that
-# Triton runs in must come from that interpreter (platform-notes.md §9).
-PYTHON ?= /usr/bin/python3.11
+# The Triton Python-backend stub loads the system's shared libpython3.X, so the venv that Triton
+# runs in must come from the interpreter owning it (platform-notes.md §9): pick-python.py finds it
+# (Debian 12: /usr/bin/python3.11, not pyenv's), or set PYTHON=/path/to/python3.X.
+PYTHON ?= $(shell python3 serving/pick-python.py)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -19,7 +20,7 @@ help:
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml client/pyproject.toml
-	@test -x $(PYTHON) || { echo "error: $(PYTHON) not found. Install Debian's python3.11 and python3.11-venv (apt-get install python3.11 python3.11-venv) or set PYTHON=/path/to/the/python3.11 whose libpython the Triton stub links."; exit 1; }
+	@test -n "$(PYTHON)" && test -x "$(PYTHON)" || { echo "error: no Python to build the venv from (see the lines above); install one with its shared libpython, e.g. apt-get install python3.11 python3.11-venv libpython3.11, or set PYTHON=/path/to/python3.X"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "numpy<2" torch==2.13.0
@@ -39,13 +40,16 @@ clean:
 	rm -rf $(VENV) $(ARTIFACTS)
 
 # CHECKPOINT=dir-or-repo-id picks the weights; default: the real model from the
-# HF cache/hub, else a SYNTHETIC full-size replica (with a loud banner).
+# HF cache/hub, else a SYNTHETIC full-size replica (with a loud banner). TARGET=auto serves the
+# cuda target where a CUDA GPU is visible, else cpu. The gateway listens on GATEWAY_HOST:8080.
 CHECKPOINT ?=
-PRECISION ?= fp32
-HOST ?= 127.0.0.1
+TARGET ?= auto
+PRECISION ?=
+GATEWAY_HOST ?= 127.0.0.1
 .PHONY: serve
 serve: $(STAMP)
-	$(BIN)/jina-triton up --workdir $(ARTIFACTS) --precision $(PRECISION) --host $(HOST) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(BIN)/jina-triton up --workdir $(ARTIFACTS) --target $(TARGET) --gateway-host $(GATEWAY_HOST) \
+		$(if $(PRECISION),--precision $(PRECISION)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 # Throughput: bare engine vs served ensemble vs reference path, full-size SYNTHETIC replica.
 BENCH_ARGS ?=

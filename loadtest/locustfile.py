@@ -44,7 +44,8 @@ JINA_TASK = {("retrieval", "query"): "retrieval.query", ("retrieval", "document"
 
 @events.init_command_line_parser.add_listener
 def _options(parser):
-    parser.add_argument("--scenario", default="query_heavy", help="request mix: a name in loadtest/scenarios or a TOML file")
+    parser.add_argument("--scenario", default="query_heavy",
+                        help="request mix: a name in loadtest/scenarios or a TOML file")
     parser.add_argument("--texts-file", default="", help="texts to send, one per line (default: the shipped corpus)")
     parser.add_argument("--arrival-rate", type=float, default=10.0, help="OpenLoopGatewayUser: requests/s in all")
     parser.add_argument("--api-key", default=os.environ.get("JINA_TRITON_API_KEY", ""), help="the gateway's key")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -159,7 +158,8 @@ def summarize(events: Path, prefix: Path, users: int, wall: float) -> dict:
     return {
         "users": users, "requests": len(rows), "failures": len(failed), "seconds": round(span, 2),
         "admitted": len(ok), "refused": len(refused),
-        "refused_p99_ms": round(float(np.percentile(refusals, 99)), 1), "refused_max_ms": round(float(np.max(refusals)), 1),
+        "refused_p99_ms": round(float(np.percentile(refusals, 99)), 1),
+        "refused_max_ms": round(float(np.max(refusals)), 1),
         "requests_per_s": round(len(rows) / span, 2) if span else 0.0,
         "texts_per_s": round(sum(r["texts"] for r in ok) / span, 2) if span else 0.0,
         "tokens_per_s": round(sum(r["tokens"] for r in ok) / span, 1) if span else 0.0,
@@ -331,7 +331,8 @@ def main(argv=None) -> int:
         if step["p95_ms"] > bound:
             problems.append(f"p95 {step['p95_ms']} ms > bound {bound} ms at {step['users']} users")
         if step["refused"] and step["refused_p99_ms"] > REFUSAL_MS:
-            problems.append(f"refusals took {step['refused_p99_ms']} ms (p99) > {REFUSAL_MS} ms at {step['users']} users")
+            problems.append(f"refusals took {step['refused_p99_ms']} ms (p99) > {REFUSAL_MS} ms "
+                            f"at {step['users']} users")
     if args.mode == "overload" and not result["alive_after"]:
         problems.append("the server was not ready after the overload")
     summary = {"mode": args.mode, "scenario": scenario.name, "protocol": args.protocol,

@@ -11,7 +11,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import TEST_LIMITS
 from jina_triton_client.contract import PARAMETERS
 
 pytestmark = pytest.mark.server

@@ -216,7 +216,7 @@ def test_a_dead_python_stub_is_reloaded_and_the_client_rides_it_out(triton):
 
     stubs = [p for p in psutil.Process(triton.process.pid).children(recursive=True)
              if any("encoder_clustering" in part for part in p.cmdline())]
-    assert stubs and triton.stubs()["encoder_clustering"] == 2
+    assert stubs and triton.stubs()[("encoder_clustering", "1")] == 2
     stubs[0].kill()
     started = time.monotonic()
     patient = RetryPolicy(retries=12, backoff=0.5, max_backoff=3.0)
@@ -224,6 +224,6 @@ def test_a_dead_python_stub_is_reloaded_and_the_client_rides_it_out(triton):
         assert client.embed(["after the crash"], task="clustering").shape == (1, 768)
     assert time.monotonic() - started < 30
     deadline = time.monotonic() + 30
-    while triton.stubs().get("encoder_clustering") != 2 and time.monotonic() < deadline:
+    while triton.stubs().get(("encoder_clustering", "1")) != 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert triton.stubs()["encoder_clustering"] == 2
+    assert triton.stubs()[("encoder_clustering", "1")] == 2

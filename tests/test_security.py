@@ -11,7 +11,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import free_port
 from jina_triton_client import EmbeddingClient, EmbeddingError
 
 pytestmark = pytest.mark.server

@@ -25,7 +25,10 @@ CHUNK = 16
 MAX_LENGTH = 512
 
 
-def calibration_pooled(checkpoint: Checkpoint, pooled: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+Pooled = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
+
+
+def calibration_pooled(checkpoint: Checkpoint, pooled: Pooled) -> np.ndarray:
     """pooled(task, input_ids, attention_mask) -> [n, H] over the corpus sample, every task and input type."""
     tokenizer = TextTokenizer(checkpoint.path / "tokenizer.json", MAX_LENGTH)
     texts = sorted(corpus_sentences()[::SAMPLE_EVERY], key=len)

@@ -256,7 +256,8 @@ def adapter_config(checkpoint: Checkpoint, task: str) -> dict:
                               f"(expected {ADAPTERS_DIR}/{task}/ with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
     config = _read_json(directory / ADAPTER_CONFIG, f"the {task} adapter config")
     if config.get("peft_type") != "LORA":
-        raise CheckpointError(f"{directory / ADAPTER_CONFIG}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
+        raise CheckpointError(f"{directory / ADAPTER_CONFIG}: peft_type is {config.get('peft_type')!r}, "
+                              f"expected 'LORA'")
     if set(config.get("target_modules") or ()) != set(LORA_TARGETS):
         raise CheckpointError(f"{directory / ADAPTER_CONFIG}: target_modules must be {list(LORA_TARGETS)}")
     for flag in ("use_dora", "use_rslora"):

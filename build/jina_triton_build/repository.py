@@ -30,7 +30,7 @@ from pathlib import Path
 from jina_triton_client.contract import CONTRACT_VERSION, ensemble_name
 from jina_triton_models import templates_dir
 from jina_triton_pipeline.internals import POSTPROCESS_MODEL, PREPROCESS_MODEL, encoder_name
-from jina_triton_pipeline.parity import PARITY_FILE, ParityCheck
+from jina_triton_pipeline.parity import PARITY_FILE
 from jina_triton_pipeline.torch_engine import ADAPTER_FILE, BACKBONE_FILE, CONFIG_FILE
 
 from .calibration import calibrate
@@ -107,8 +107,8 @@ def _tensorrt_configs(checkpoint, out, options, engines, values):
     buckets = tuple(b for b in DEFAULT_BUCKETS if b < options.max_length) + (options.max_length,)
     profiles = plan_profiles(buckets, options.max_batch_size)
     preferred = sorted({b for b in (4, 8, 16, 32, options.max_batch_size) if b <= options.max_batch_size})
-    _render("preprocess", out, PREPROCESS_MODEL, {**values("preprocess"), "length_buckets": ",".join(map(str, buckets))},
-            f"configs/{TENSORRT_CONFIG}.pbtxt")
+    bucketed = {**values("preprocess"), "length_buckets": ",".join(map(str, buckets))}
+    _render("preprocess", out, PREPROCESS_MODEL, bucketed, f"configs/{TENSORRT_CONFIG}.pbtxt")
     for task in checkpoint.tasks:
         name = encoder_name(task)
         _render("encoder_tensorrt", out, name, {**values("encoder_tensorrt"),

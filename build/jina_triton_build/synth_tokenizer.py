@@ -100,7 +100,7 @@ def _train_small(bpe_vocab_size: int = 8000):
 
 def _finish(tokenizer) -> dict:
     """Special tokens at their real ids, EOS appended, no truncation or padding."""
-    from tokenizers import AddedToken, decoders, processors
+    from tokenizers import decoders, processors
 
     tokenizer.pre_tokenizer = _pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()

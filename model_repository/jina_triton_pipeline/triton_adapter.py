@@ -125,9 +125,9 @@ class ModelMetrics:
         counter = pb_utils.MetricFamily.COUNTER
         # the families must outlive their metrics, so they are kept here with them
         self.families = [pb_utils.MetricFamily(name=TOKENS_METRIC, kind=counter,
-                                               description="Tokens through the encoder: kind=computed (padded) or real"),
+                                               description="Tokens through the encoder: kind=computed or real"),
                          pb_utils.MetricFamily(name=REQUESTS_METRIC, kind=counter,
-                                               description="Requests answered, by outcome (ok, invalid, unavailable, internal)"),
+                                               description="Requests answered, by outcome"),
                          pb_utils.MetricFamily(name=MIXED_METRIC, kind=counter,
                                                description="Executions whose requests got different outcomes")]
         tokens, requests, mixed = self.families

@@ -62,7 +62,7 @@ def serve_settings(args):
                          tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                          limits={name: getattr(args, name) for name in serve_limits()},
                          ready_timeout=args.ready_timeout, max_restarts=args.max_restarts,
-                         trace_endpoint=args.trace_endpoint, gateway=gateway)
+                         trace_endpoint=args.trace_endpoint, gateway=gateway, metrics_host=args.metrics_host)
 
 
 def cmd_serve(args) -> int:
@@ -95,7 +95,16 @@ def cmd_up(args) -> int:
     repository = workdir / f"repository-{target}"
     build_repository(checkpoint, repository, BuildOptions(target=target, precision=args.precision),
                      progress=_step)
-    return serve(repository, serve_settings(args))
+    settings = serve_settings(args)
+    if target == "tensorrt":  # plans for this GPU, each past its parity gate, or the PyTorch encoders
+        from .container import prepare_tensorrt
+
+        decision = prepare_tensorrt(repository, workdir, checkpoint.fingerprint, log.info)
+        if decision.engine == "none":
+            log.error("%s", decision.reason)
+            return 2
+        settings.triton_args += decision.triton_arguments()
+    return serve(repository, settings)
 
 
 def _cuda() -> bool:
@@ -168,8 +177,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--checkpoint", help=f"directory or repo id (default: {MODEL_REPO_ID} if it can be "
                                           f"had, else a SYNTHETIC full-size replica)")
     up.add_argument("--workdir", default="artifacts")
-    up.add_argument("--target", choices=("auto", "cpu", "cuda"), default="auto",
-                    help="auto: cuda where a CUDA GPU is visible, else cpu")
+    up.add_argument("--target", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+                    help="auto: cuda where a CUDA GPU is visible, else cpu; tensorrt: cuda plus TensorRT plans "
+                         "past their parity gate where TensorRT is installed (NOT RUN here)")
     up.add_argument("--precision", help="default: fp32 on cpu, fp16 on cuda")
     _server_arguments(up, add_serve_limit_arguments)
     up.set_defaults(run=cmd_up)
@@ -215,6 +225,7 @@ def _server_arguments(parser, add_limits) -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--metrics-host", help="Triton's metrics address (default: --host; metrics hold no secret)")
     parser.add_argument("--tls-cert", help="gRPC TLS: server certificate (PEM)")
     parser.add_argument("--tls-key", help="gRPC TLS: server private key (PEM)")
     parser.add_argument("--tls-client-ca", help="gRPC mutual TLS: CA that client certificates must chain to")

@@ -37,7 +37,8 @@ def compare(got: dict, want_float: np.ndarray, calibration: Calibration, want_ra
     if OUTPUTS["unnormalized"] in got and want_raw is not None:
         raw = got[OUTPUTS["unnormalized"]]
         ok = raw.shape == want_float.shape and raw.dtype == np.float32
-        norm_error = float(np.max(np.abs(np.linalg.norm(raw, axis=1) / np.linalg.norm(want_raw, axis=1) - 1))) if ok else 1.0
+        norms = np.linalg.norm(raw, axis=1) / np.linalg.norm(want_raw, axis=1) if ok else None
+        norm_error = float(np.max(np.abs(norms - 1))) if ok else 1.0
         cosine = float((np.sum(raw * want_float, axis=1) / np.linalg.norm(raw, axis=1)).min()) if ok else -1.0
         report["unnormalized"] = {"min_cosine": cosine, "norm_error": norm_error, "shape_ok": ok}
     near_zero = np.abs(want_float) < NEAR_ZERO

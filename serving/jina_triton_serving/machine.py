@@ -59,7 +59,8 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 8) -> floa
 def encoder_flops(config: dict, lengths) -> float:
     """Floating-point operations to encode texts of these token lengths, each on its own (no padding):
     the projections and MLP per token, plus attention's two T x T products per layer."""
-    hidden, inner, layers = int(config["hidden_size"]), int(config["intermediate_size"]), int(config["num_hidden_layers"])
+    hidden, inner = int(config["hidden_size"]), int(config["intermediate_size"])
+    layers = int(config["num_hidden_layers"])
     per_token = layers * 2 * (4 * hidden * hidden + 3 * hidden * inner)
     return float(sum(n * per_token + layers * 4 * n * n * hidden for n in lengths))
 

@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jina_triton_build.repository import hold, read_manifest
+from jina_triton_build.repository import read_manifest
 from jina_triton_pipeline.internals import limit_env
 
 from .server import Security, ServeError, TritonServer, die_with_parent
@@ -56,6 +56,8 @@ class ServeSettings:
     trace_endpoint: str | None = None
     log_file: Path | None = None
     gateway: GatewaySettings | None = None
+    metrics_host: str | None = None   # default: host
+    triton_args: list = field(default_factory=list)
 
 
 class RestartBudget:
@@ -132,11 +134,12 @@ def serve(repository: Path, settings: ServeSettings) -> int:
         banner(f"SERVING A {manifest['checkpoint']['label']}")
     env = {limit_env(name): str(value) for name, value in settings.limits.items() if value}
     security = Security(tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_client_ca=settings.tls_client_ca)
-    with hold(repository) as snapshot, tempfile.TemporaryDirectory(prefix="jina-triton-") as runtime:
-        server = TritonServer(snapshot, host=settings.host, http_host=settings.http_host,
+    with tempfile.TemporaryDirectory(prefix="jina-triton-") as runtime:
+        server = TritonServer(repository, host=settings.host, http_host=settings.http_host,
                               http_port=settings.http_port, grpc_port=settings.grpc_port,
                               metrics_port=settings.metrics_port, env=env, security=security,
-                              log_file=settings.log_file, trace_endpoint=settings.trace_endpoint)
+                              log_file=settings.log_file, trace_endpoint=settings.trace_endpoint,
+                              metrics_host=settings.metrics_host, extra_args=list(settings.triton_args))
         status = Status(Path(runtime) / "status.json")
         gateway = None
 
@@ -184,5 +187,6 @@ def serve(repository: Path, settings: ServeSettings) -> int:
         if gateway and gateway.poll() is None:
             gateway.terminate()
             gateway.wait(30)
-        server.clear_shm()
-        return 0 if server.stop_requested else (code or 1)
+        stopped = server.stop_requested
+        server.stop()  # its shared memory cleared, its snapshot released
+        return 0 if stopped else (code or 1)

@@ -7,6 +7,7 @@ instead of failing in every model load.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -50,12 +51,13 @@ def triton_home() -> Path:
 
 
 def _stub_source(triton: Path) -> Path:
+    """The pytriton wheel keeps one stub per Python version; an NGC image has its one in place."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = triton / "python_backend_stubs" / version / STUB
-    if not stub.is_file():
-        raise ServeError(f"this Triton has no Python-backend stub for Python {version} "
-                         f"(looked in {stub.parent}); use a Python from 3.8 to 3.13")
-    return stub
+    for stub in (triton / "python_backend_stubs" / version / STUB, triton / "backends" / "python" / STUB):
+        if stub.is_file():
+            return stub
+    raise ServeError(f"this Triton has no Python-backend stub for Python {version} "
+                     f"(looked in {triton / 'python_backend_stubs' / version}); use a Python from 3.8 to 3.13")
 
 
 def check_interpreter(stub: Path) -> None:
@@ -86,6 +88,8 @@ def backend_dir(cache: Path | None = None) -> Path:
     triton = triton_home()
     stub = _stub_source(triton)
     check_interpreter(stub)
+    if stub.parent == triton / "backends" / "python":
+        return triton / "backends"  # already complete (an NGC image)
     root = cache or Path(os.environ.get("JINA_TRITON_CACHE") or Path.home() / ".cache" / "jina-triton")
     python = root / "triton-backends" / f"python-{abs(hash(str(triton))) % 10**8}"
     python.mkdir(parents=True, exist_ok=True)
@@ -177,7 +181,7 @@ class Security:
 @dataclass
 class TritonServer:
     repository: Path
-    host: str = "127.0.0.1"            # gRPC (and metrics)
+    host: str = "127.0.0.1"            # gRPC
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
@@ -188,8 +192,10 @@ class TritonServer:
     log_file: Path | None = None
     trace_endpoint: str | None = None  # OTLP/HTTP traces of every request carrying a traceparent
     python_env: Path | None = None     # the venv the stubs run in (default: this interpreter's)
+    metrics_host: str | None = None    # default: host (metrics hold no secret: 0.0.0.0 lets Prometheus in)
     process: subprocess.Popen | None = None
     stop_requested: bool = False
+    _held: contextlib.ExitStack | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.shm_prefix = f"jina_triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
@@ -219,7 +225,8 @@ class TritonServer:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.local_host}:{self.metrics_port}/metrics"
+        host = self.metrics_host or self.host
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
         forwarded = "^(" + "|".join(FORWARDED_HEADERS) + ")$"
@@ -229,7 +236,7 @@ class TritonServer:
                    f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                    f"--http-address={self.http_host}", f"--http-port={self.http_port}",
                    f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-                   f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                   f"--metrics-address={self.metrics_host or self.host}", f"--metrics-port={self.metrics_port}",
                    "--allow-metrics=true", "--allow-gpu-metrics=false", "--metrics-config=summary_latencies=true",
                    f"--grpc-header-forward-pattern={forwarded}", f"--http-header-forward-pattern={forwarded}",
                    "--model-control-mode=explicit", "--load-model=*",
@@ -271,7 +278,13 @@ class TritonServer:
                              f"medium: Memory on Kubernetes)")
 
     def start(self) -> "TritonServer":
+        """Start Triton on the repository's current snapshot, held (never pruned) until it stops."""
+        from jina_triton_build.repository import hold
+
         self.check_shm()
+        if self._held is None:
+            self._held = contextlib.ExitStack()
+            self.repository = self._held.enter_context(hold(self.repository))
         output = open(self.log_file, "ab") if self.log_file else None
         self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=output,
                                         stderr=subprocess.STDOUT if output else None,
@@ -289,27 +302,29 @@ class TritonServer:
                 pass
         return removed
 
-    def stubs(self) -> dict[str, int]:
-        """Live Python-backend stubs of this server: model name -> how many."""
-        counts: dict[str, int] = {}
+    def stubs(self) -> dict[tuple[str, str], int]:
+        """Live Python-backend stubs of this server: (model, version) -> how many."""
+        counts: dict[tuple[str, str], int] = {}
         for pid in descendants(self.process.pid):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
             if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:
-                model = Path(argv[1].decode()).parent.parent.name
-                counts[model] = counts.get(model, 0) + 1
+                version = Path(argv[1].decode()).parent  # .../<model>/<version>/model.py
+                key = (version.parent.name, version.name)
+                counts[key] = counts.get(key, 0) + 1
         return counts
 
-    def repository_index(self) -> dict[str, str]:
-        """Model name -> state (READY, UNAVAILABLE, ...) from the repository API."""
+    def repository_index(self) -> dict[tuple[str, str], str]:
+        """(model, version) -> state (READY, UNAVAILABLE, ...) from the repository API."""
         import json
 
         request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST",
                                          headers=self.security.admin_headers())
         with urllib.request.urlopen(request, timeout=10) as reply:
-            return {entry["name"]: entry.get("state", "") for entry in json.loads(reply.read())}
+            return {(entry["name"], str(entry.get("version", ""))): entry.get("state", "")
+                    for entry in json.loads(reply.read())}
 
     def model_action(self, model: str, action: str) -> None:
         request = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{model}/{action}",
@@ -375,6 +390,9 @@ class TritonServer:
             self.kill()
             code = self.process.wait()
         self.clear_shm()
+        if self._held is not None:
+            self._held.close()
+            self._held = None
         return code
 
     def __enter__(self) -> "TritonServer":

@@ -29,8 +29,8 @@ class TritonPythonModel:
 
     def _respond(self, request):
         try:
-            outputs = self.step(*(_input(request, name) for name in (POOLED_STATE, TOKEN_COUNT, TOKENIZE_US, ENCODE_US)),
-                                request_parameters(request))
+            inputs = (_input(request, name) for name in (POOLED_STATE, TOKEN_COUNT, TOKENIZE_US, ENCODE_US))
+            outputs = self.step(*inputs, request_parameters(request))
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
         except Exception as exc:  # noqa: BLE001
             return error_response(pb_utils, exc, request)

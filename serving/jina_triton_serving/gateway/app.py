@@ -242,7 +242,8 @@ class Gateway:
         model, action = request.path_params["model"], request.path_params["action"]
         if action not in ("load", "unload"):
             return _error(api.ApiError(404, "action: must be load or unload", "action", "not_found_error"), "-")
-        headers = {"triton-grpc-protocol-admin-key": self.config.triton_lock_key} if self.config.triton_lock_key else None
+        lock = self.config.triton_lock_key
+        headers = {"triton-grpc-protocol-admin-key": lock} if lock else None
         client = self.client._client(0)
         try:
             await (client.load_model if action == "load" else client.unload_model)(model, headers=headers)
