@@ -30,14 +30,20 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
     out = tmp_path / "bench"
     result = subprocess.run([sys.executable, "-m", "jina_triton_serving.cli", "bench", "--checkpoint",
                              str(tiny_checkpoint_dir), "--out", str(out), "--texts", "12", "--concurrency", "4",
-                             "--cache-dir", str(engine_cache)], capture_output=True, text=True, cwd=REPO_ROOT,
-                            timeout=600)
+                             "--repeats", "2", "--cache-dir", str(engine_cache)], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(next(out.glob("bench-*.json")).read_text())
-    assert set(report["results"]) == {"engine-fp32", "served-fp32", "engine-int8", "served-int8", "reference-fp32"}
-    for run in report["results"].values():
+    assert set(report["results"]) == {f"{kind}-{precision}" for kind in ("engine", "served", "gateway")
+                                      for precision in ("fp32", "int8")} | {"reference-fp32"}
+    for name, run in report["results"].items():
         assert run["texts"] == 12 and run["tokens_per_s"] > 0 and run["padded_ratio"] >= 1.0
-        assert run["short_query_ms"] > 0
-    assert "served/engine tokens/s (fp32)" in report["ratios"]
+        assert run["short_query_ms"] > 0 and 0 < run["peak_fraction"] and run["gflops"] > 0
+        assert run["runs"] == (1 if name.startswith("reference") else 2) and (run["spread"] is None) == (run["runs"] == 1)
+    machine = report["machine"]
+    assert machine["cpu"]["model"] and machine["matmul_peak_gflops"] > 1 and "avx2" in machine["cpu"]["flags"]
+    assert len(report["packings"]["fp32"]) == 4
+    assert {"served/engine tokens/s (fp32)", "gateway/served tokens/s (fp32)"} <= set(report["ratios"])
     assert 0.9 < report["int8_cosine_vs_fp32"]["mean"] <= 1.0
-    assert "| served-fp32 |" in result.stdout
+    assert report["vocabularies"]["served"] > 0 and report["vocabularies"]["small_bpe"] > 0
+    assert "| served-fp32 |" in result.stdout and "matmul peak" in result.stdout

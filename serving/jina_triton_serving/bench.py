@@ -278,6 +278,7 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
     rows = [tokenizer.token_ids([t.text], t.input_type, TRUNCATE_END)[0] for t in texts]
     short = tokenizer.token_ids([SHORT_QUERY], "query", TRUNCATE_END)[0]
     flops = encoder_flops(checkpoint.config, [len(r) for r in rows])
+    vocabularies = compare_vocabularies(texts, sum(len(r) for r in rows), out)
     threads = options[precisions[0]].threads
     progress(f"measuring the fp32 matmul peak on {threads} threads")
     peak = matmul_peak_gflops(threads)
@@ -285,7 +286,8 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
                           **versions(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
               "checkpoint": checkpoint.label, "tokenizer": _tokenizer_label(checkpoint), "profile": profile,
               "texts": count, "task": task, "concurrency": concurrency, "repeats": repeats,
-              "gflop_per_token": round(flops / sum(len(r) for r in rows) / 1e9, 4), "results": {}, "packings": {}}
+              "gflop_per_token": round(flops / sum(len(r) for r in rows) / 1e9, 4), "results": {}, "packings": {},
+              "vocabularies": vocabularies}
     pooled = {}
     for precision in precisions:
         progress(f"(a) bare {precision} engine, {len(PACKINGS)} packings")
@@ -317,6 +319,21 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
     (out / f"bench-{stamp}.json").write_text(json.dumps(report, indent=2))
     (out / f"bench-{stamp}.md").write_text(markdown(report))
     return report
+
+
+def compare_vocabularies(texts: list[Text], tokens: int, out: Path) -> dict:
+    """The same texts' tokens with the small corpus-trained BPE, beside the served vocabulary's."""
+    from jina_triton_build.synth_tokenizer import write_tokenizer
+
+    from .workload import token_counter
+
+    folder = out / "small-bpe"
+    folder.mkdir(exist_ok=True)
+    if not (folder / "tokenizer.json").is_file():
+        write_tokenizer(folder, "small")
+    count = token_counter(folder / "tokenizer.json")
+    small = sum(count([t.text], t.input_type)[0] for t in texts)
+    return {"served": tokens, "small_bpe": small, "small_over_served": round(small / tokens, 3)}
 
 
 def _tokenizer_label(checkpoint) -> str:
@@ -379,4 +396,8 @@ def markdown(report: dict) -> str:
     if "int8_cosine_vs_fp32" in report:
         c = report["int8_cosine_vs_fp32"]
         lines += ["", f"int8 vs fp32 embeddings on the same texts: cosine mean {c['mean']}, min {c['min']}"]
+    if "vocabularies" in report:
+        v = report["vocabularies"]
+        lines += ["", f"Tokens of this workload: {v['served']} with the served tokenizer ({report['tokenizer']}), "
+                      f"{v['small_bpe']} with the small corpus-trained BPE ({v['small_over_served']}x)"]
     return "\n".join(lines) + "\n"
