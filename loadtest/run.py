@@ -83,9 +83,7 @@ class Target:
         started = time.monotonic()
         self.server.stop()
         self.server.stop_requested = False
-        self.server.start()
-        self.server.wait_ready()
-        self.server.supervise()
+        self.server.__enter__()  # started, ready, supervised
         return time.monotonic() - started
 
     def kill_stub(self, model: str) -> int:

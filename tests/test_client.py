@@ -83,7 +83,7 @@ def test_async_client_gives_identical_results(client, triton):
     texts = mixed_texts(150, seed=1)
 
     async def run():
-        async with AsyncEmbeddingClient(triton.grpc_url, max_in_flight=3, batch_size=16) as aclient:
+        async with AsyncEmbeddingClient(triton.grpc_url, max_in_flight=3, limits=Limits(max_texts=16)) as aclient:
             assert await aclient.ready()
             floats = await aclient.embed(texts, task="text-matching", input_type="query", dimensions=64)
             packed = await aclient.embed(texts, task="text-matching", output="ubinary", dimensions=64)

@@ -42,7 +42,7 @@ def test_short_sweep_over_grpc_http_and_the_gateway(triton, tmp_path):
     assert {"grpc", "http", "gateway"} <= protocols
 
 
-@pytest.mark.parametrize("kind, seconds", [("stub", 25), ("restart", 40)])
+@pytest.mark.parametrize("kind, seconds", [("stub", 18), ("restart", 32)])
 def test_fault_run_loses_nothing(tiny_repository, tmp_path, kind, seconds):
     result, _ = run_loadtest("fault", "--kind", kind, "--repository", str(tiny_repository),
                              "--scenario", "query_heavy", "--users", "4", "--seconds", str(seconds),
@@ -60,7 +60,7 @@ def test_fault_run_loses_nothing(tiny_repository, tmp_path, kind, seconds):
 
 def test_short_soak_samples_memory(tiny_repository, tmp_path):
     result, _ = run_loadtest("soak", "--repository", str(tiny_repository), "--scenario", "binary_small",
-                             "--users", "2", "--minutes", "0.4", "--out", str(tmp_path))
+                             "--users", "2", "--minutes", "0.3", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(next(tmp_path.glob("soak-*/summary.json")).read_text())
     assert len(summary["memory_samples"]) >= 3 and summary["memory_samples"][0]["rss_mb"] > 100
@@ -71,7 +71,7 @@ def test_short_soak_samples_memory(tiny_repository, tmp_path):
 
 def test_overload_refuses_fast_and_loses_nothing(tiny_repository, tmp_path):
     result, _ = run_loadtest("overload", "--repository", str(tiny_repository), "--scenario", "query_heavy",
-                             "--users", "4", "--step-seconds", "10", "--gateway-concurrency", "2", "--out", str(tmp_path),
+                             "--users", "4", "--step-seconds", "7", "--gateway-concurrency", "2", "--out", str(tmp_path),
                              timeout=400)
     summary = json.loads(next(tmp_path.glob("overload-*/summary.json")).read_text())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -123,14 +123,16 @@ def _dimensions(value) -> int:
 
 
 def _embedding_type(body: dict) -> str:
+    """Jina's embedding_type decides; OpenAI's encoding_format chooses how floats travel (the openai
+    package asks for base64 on its own and decodes it; integer types are left as they are)."""
     encoding, kind = body.get("encoding_format"), body.get("embedding_type")
     if encoding is not None and encoding not in ENCODING_FORMATS:
         raise invalid("encoding_format", f"must be one of {', '.join(ENCODING_FORMATS)}")
     if kind is not None and kind not in EMBEDDING_TYPES:
         raise invalid("embedding_type", f"must be one of {', '.join(EMBEDDING_TYPES)}")
-    if encoding is not None and kind is not None and encoding != kind:
-        raise invalid("embedding_type", f"conflicts with encoding_format {encoding!r}; send one of them")
-    return kind or encoding or "float"
+    if kind in (None, "float", "base64"):
+        return encoding or kind or "float"
+    return kind
 
 
 def _truncate(value) -> str:

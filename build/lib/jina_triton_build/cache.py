@@ -1,0 +1,83 @@
+"""The build cache: one entry per checkpoint content and recipe, safe against crashes and
+concurrent builds.
+
+- Every file lands under its final name only once complete (written aside, then renamed).
+- One build at a time per entry (an exclusive lock); a second build waits, then reuses.
+- Each file's size and CRC-32 are recorded; a file that no longer matches is rebuilt.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import zlib
+from pathlib import Path
+
+REPORT = "report.json"
+BLOCK = 16 << 20
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("JINA_TRITON_CACHE") or Path.home() / ".cache" / "jina-triton")
+
+
+def digest(path: Path) -> str:
+    """Size and CRC-32 of the whole file: a content check against torn or truncated writes
+    (not against tampering), fast enough to run on every reuse of gigabyte engines."""
+    crc = 0
+    with open(path, "rb") as file:
+        while block := file.read(BLOCK):
+            crc = zlib.crc32(block, crc)
+    return f"{path.stat().st_size}:{crc:08x}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def atomic_write_json(path: Path, value) -> None:
+    atomic_write_bytes(path, json.dumps(value, indent=2).encode())
+
+
+class CacheEntry:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Exclusive for the duration of a build of this entry."""
+        with open(self.directory / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @property
+    def report(self) -> dict:
+        file = self.directory / REPORT
+        try:
+            return json.loads(file.read_text()) if file.is_file() else {}
+        except json.JSONDecodeError:
+            return {}
+
+    def save_report(self, report: dict) -> None:
+        atomic_write_json(self.directory / REPORT, report)
+
+    def partial(self, path: Path) -> Path:
+        """Where to write `path` before it is complete."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+    def commit(self, partial: Path, path: Path) -> str:
+        """Move a complete file into place; returns the digest to record."""
+        os.replace(partial, path)
+        return digest(path)
+
+    @staticmethod
+    def intact(path: Path, recorded: str | None) -> bool:
+        return bool(recorded) and path.is_file() and digest(path) == recorded

@@ -1,0 +1,130 @@
+"""Every build option, declared once: default, help, the templates that render it, and
+whether `serve` may lower it. The CLI flags, the template values and `serve`'s lowering
+flags are all derived from this class.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from jina_triton_client.contract import (
+    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_TOKENS,
+    DEFAULT_MAX_TEXT_BYTES, MIN_MAX_LENGTH)
+
+TARGETS = ("cpu", "cuda", "tensorrt")
+PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp16", "bf16", "fp32"), "tensorrt": ("fp16",)}
+# fp16 on a GPU: the same speed as bf16, and only fp16 meets a 0.9999 parity bar (gpu-notes.md §2)
+DEFAULT_PRECISION = {"cpu": "fp32", "cuda": "fp16", "tensorrt": "fp16"}
+
+# The templates (model_repository/<name>/config.pbtxt.tmpl) an option is rendered into.
+PYTHON_MODELS = ("preprocess", "encoder_onnx", "encoder_torch", "postprocess")
+ENCODERS = ("encoder_onnx", "encoder_torch", "encoder_tensorrt")
+EVERY_MODEL = PYTHON_MODELS + ("encoder_tensorrt", "ensemble")
+
+
+def option(default, help: str, *, templates: tuple = (), choices=None, minimum: int | None = 1,
+           lowered_by_serve: bool = False):
+    return field(default=default, metadata={"help": help, "templates": templates, "choices": choices,
+                                            "minimum": minimum, "lowered_by_serve": lowered_by_serve})
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    target: str = option("cpu", "cpu: onnxruntime engines (run and tested here); cuda: PyTorch engines on "
+                         "the GPU (fp32 on a CPU when none is found); tensorrt: cuda plus TensorRT plans "
+                         "built on first start (NOT RUN: no TensorRT here)", choices=TARGETS, minimum=None)
+    precision: str | None = option(None, "cpu: fp32 | int8; cuda: fp16 | bf16 | fp32 (default fp32 on cpu, "
+                                   "fp16 on cuda)", choices=("fp32", "int8", "fp16", "bf16"), minimum=None,
+                                   templates=("encoder_torch",))
+    max_length: int = option(DEFAULT_MAX_LENGTH, "tokens per text, prefix and EOS included",
+                             templates=("preprocess", "postprocess", "encoder_onnx", "encoder_torch"),
+                             minimum=MIN_MAX_LENGTH, lowered_by_serve=True)
+    max_batch_size: int = option(DEFAULT_MAX_BATCH_SIZE, "texts per request", templates=EVERY_MODEL)
+    max_text_bytes: int = option(DEFAULT_MAX_TEXT_BYTES, "UTF-8 bytes per text", templates=("preprocess",),
+                                 lowered_by_serve=True)
+    max_request_bytes: int = option(DEFAULT_MAX_REQUEST_BYTES, "UTF-8 text bytes per request",
+                                    templates=("preprocess",), lowered_by_serve=True)
+    max_request_tokens: int = option(DEFAULT_MAX_REQUEST_TOKENS, "tokens per request after truncation",
+                                     templates=("preprocess",), lowered_by_serve=True)
+    max_queue_size: int = option(256, "requests waiting per model; more are refused with UNAVAILABLE",
+                                 templates=EVERY_MODEL[:-1])
+    queue_timeout_us: int = option(60_000_000, "microseconds a request may wait in a model's queue "
+                                   "(a client's shorter timeout wins)", templates=EVERY_MODEL[:-1])
+    queue_delay_us: int = option(2000, "encoder dynamic-batching window in microseconds", templates=ENCODERS,
+                                 minimum=0)
+    preprocess_queue_delay_us: int = option(500, "preprocess dynamic-batching window in microseconds",
+                                            templates=("preprocess",), minimum=0)
+    token_budget: int | None = option(None, "padded tokens per encoder forward pass (default 8192 on cpu, "
+                                      "32768 on a GPU)", templates=("encoder_onnx", "encoder_torch"))
+    threads: int = option(2, "CPU threads per encoder instance", templates=("encoder_onnx", "encoder_torch"))
+    encoder_instances: int = option(2, "instances per encoder (cpu: 2, so a long request never holds the "
+                                    "only one; a GPU runs one)", templates=ENCODERS)
+    preprocess_instances: int = option(2, "preprocess instances", templates=("preprocess",))
+    postprocess_instances: int = option(1, "postprocess instances", templates=("postprocess",))
+
+    def resolved(self) -> "BuildOptions":
+        """Target-dependent defaults filled in."""
+        precision = self.precision or DEFAULT_PRECISION.get(self.target, "fp32")
+        instances = self.encoder_instances
+        if self.target != "cpu" and instances == BuildOptions.encoder_instances:
+            instances = 1
+        budget = self.token_budget or (8192 if self.target == "cpu" else 32768)
+        return replace(self, precision=precision, encoder_instances=instances, token_budget=budget)
+
+    def check(self, model_max_length: int) -> None:
+        for spec in fields(self):
+            value, meta = getattr(self, spec.name), spec.metadata
+            if meta["choices"] and value is not None and value not in meta["choices"]:
+                raise ValueError(f"{spec.name} must be one of {', '.join(meta['choices'])}, not {value!r}")
+            if meta["minimum"] is not None and value < meta["minimum"]:
+                raise ValueError(f"{spec.name} must be at least {meta['minimum']}, not {value}")
+        if self.precision not in PRECISIONS[self.target]:
+            raise ValueError(f"the {self.target} target takes precision {' or '.join(PRECISIONS[self.target])}, "
+                             f"not {self.precision}")
+        if self.max_length > model_max_length:
+            raise ValueError(f"max_length must be at most the model's {model_max_length}, not {self.max_length}")
+        if self.token_budget < self.max_length:
+            raise ValueError(f"token_budget ({self.token_budget}) must be at least the max length "
+                             f"({self.max_length}) so that the longest text fits in one pass")
+        if self.max_request_tokens < self.max_length:
+            raise ValueError(f"max_request_tokens ({self.max_request_tokens}) must be at least the max length "
+                             f"({self.max_length}) so that every text fits in a request")
+
+    def template_values(self, template: str) -> dict:
+        """The options a template renders, by name."""
+        return {spec.name: getattr(self, spec.name) for spec in fields(self)
+                if template in spec.metadata["templates"]}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def serve_limits() -> tuple[str, ...]:
+    """The options `serve` may lower at start (never raise)."""
+    return tuple(spec.name for spec in fields(BuildOptions) if spec.metadata["lowered_by_serve"])
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per option, its default and help from the declaration."""
+    for spec in fields(BuildOptions):
+        meta = spec.metadata
+        default = spec.default
+        help_text = meta["help"] + ("" if default is None else f" (default {default})")
+        parser.add_argument(_flag(spec.name), dest=spec.name, default=default, help=help_text,
+                            type=None if meta["choices"] else int, choices=meta["choices"])
+
+
+def options_from_arguments(args: argparse.Namespace) -> BuildOptions:
+    return BuildOptions(**{spec.name: getattr(args, spec.name) for spec in fields(BuildOptions)})
+
+
+def add_serve_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """`serve --max-length N` etc.: lower a built limit for this run."""
+    for spec in fields(BuildOptions):
+        if spec.metadata["lowered_by_serve"]:
+            parser.add_argument(_flag(spec.name), dest=spec.name, type=int,
+                                help=f"lower the repository's {spec.metadata['help']}")

@@ -1,0 +1,276 @@
+"""Write a servable Triton model repository from a checkpoint.
+
+    REPO/preprocess/{config.pbtxt, 1/model.py, 1/tokenizer.json}
+    REPO/encoder_<task>/{config.pbtxt, 1/model.py, 1/<engine files>}
+    REPO/postprocess/{config.pbtxt, 1/model.py, 1/calibration.npz}
+    REPO/embed_<task>/{config.pbtxt, 1/}
+    REPO/manifest.json   which checkpoint, synthetic or not, target, precision, parity, limits
+
+Targets:
+    cpu       encoders run onnxruntime on the merged, pooled graph (run and tested here)
+    cuda      encoders run the merged encoder in PyTorch, half precision on a GPU, fp32 on
+              a CPU; each refuses to load below its parity gate (tested here on the CPU)
+    tensorrt  cuda, plus configs/tensorrt.pbtxt for plans built on first start and admitted
+              past the same gate (NOT RUN: no TensorRT here)
+
+REPO is a symbolic link to a complete snapshot: a rebuild writes a new snapshot beside it
+and swings the link, so a running server keeps every file it loaded; snapshots no
+server holds (see `hold`) are pruned.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from jina_triton_client.contract import CONTRACT_VERSION, ensemble_name
+from jina_triton_models import templates_dir
+from jina_triton_pipeline.internals import POSTPROCESS_MODEL, PREPROCESS_MODEL, encoder_name
+from jina_triton_pipeline.parity import PARITY_FILE
+from jina_triton_pipeline.torch_engine import ADAPTER_FILE, BACKBONE_FILE, CONFIG_FILE
+
+from .calibration import calibrate
+from .checkpoint import ADAPTER_WEIGHTS, WEIGHTS_FILE, Checkpoint, adapter_config, rope_theta
+from .engines import build_engines, cache_entry, ort_session, run_session
+from .options import BuildOptions
+from .render import render_file
+from .tensorrt import DEFAULT_BUCKETS, PROFILES_FILE, plan_profiles, write_profiles
+from .verification import reference_parity
+
+MANIFEST = "manifest.json"
+TENSORRT_CONFIG = "tensorrt"  # configs/tensorrt.pbtxt, picked by --model-config-name=tensorrt
+HOLD_FILE = ".held-by-server"
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows (engines are large), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _render(template: str, out: Path, name: str, values: dict, config: str = "config.pbtxt") -> Path:
+    """The model folder `out/name` from model_repository/<template>; returns its version folder."""
+    source = templates_dir() / template
+    render_file(source / "config.pbtxt.tmpl", out / name / config, {"model_name": name, **values})
+    version = out / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    if (source / "1" / "model.py").is_file() and config == "config.pbtxt":
+        shutil.copy2(source / "1" / "model.py", version / "model.py")
+    return version
+
+
+def _instance_kind() -> str:
+    try:
+        import torch
+        return "KIND_GPU" if torch.cuda.is_available() else "KIND_CPU"
+    except ImportError:
+        return "KIND_CPU"
+
+
+# -- the encoders of each target ---------------------------------------------------
+def _onnx_encoders(checkpoint, out, engines, values):
+    for task in checkpoint.tasks:
+        version = _render("encoder_onnx", out, encoder_name(task),
+                          {**values("encoder_onnx"), "vocab_size": checkpoint.config["vocab_size"]})
+        link_or_copy(engines.path(task), version / "model.onnx")
+
+
+def encoder_config(checkpoint: Checkpoint, task: str) -> dict:
+    config, adapter = checkpoint.config, adapter_config(checkpoint, task)
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+            "rms_norm_eps")
+    return {**{key: config[key] for key in keys}, "rope_theta": rope_theta(config),
+            "lora_scaling": adapter["lora_alpha"] / adapter["r"], "task": task}
+
+
+def _torch_encoders(checkpoint, out, parity, values):
+    for task in checkpoint.tasks:
+        version = _render("encoder_torch", out, encoder_name(task),
+                          {**values("encoder_torch"), "instance_kind": _instance_kind()})
+        link_or_copy(checkpoint.path / WEIGHTS_FILE, version / BACKBONE_FILE)
+        link_or_copy(checkpoint.adapter_dir(task) / ADAPTER_WEIGHTS, version / ADAPTER_FILE)
+        (version / CONFIG_FILE).write_text(json.dumps(encoder_config(checkpoint, task), indent=2))
+        parity[task].save(version / PARITY_FILE)
+
+
+def _tensorrt_configs(checkpoint, out, options, engines, values):
+    """Beside the cuda target's configs: plans' configs, the pooled graphs and the profiles."""
+    buckets = tuple(b for b in DEFAULT_BUCKETS if b < options.max_length) + (options.max_length,)
+    profiles = plan_profiles(buckets, options.max_batch_size)
+    preferred = sorted({b for b in (4, 8, 16, 32, options.max_batch_size) if b <= options.max_batch_size})
+    bucketed = {**values("preprocess"), "length_buckets": ",".join(map(str, buckets))}
+    _render("preprocess", out, PREPROCESS_MODEL, bucketed, f"configs/{TENSORRT_CONFIG}.pbtxt")
+    for task in checkpoint.tasks:
+        name = encoder_name(task)
+        _render("encoder_tensorrt", out, name, {**values("encoder_tensorrt"),
+                                                "preferred_batch_sizes": ", ".join(map(str, preferred)),
+                                                "trt_profiles": ", ".join(f'"{i}"' for i in range(len(profiles)))},
+                f"configs/{TENSORRT_CONFIG}.pbtxt")
+        link_or_copy(engines.path(task, "fp32"), out / name / "1" / "model.onnx")
+        write_profiles(out / name / PROFILES_FILE, profiles)
+        _render("ensemble", out, ensemble_name(task), _ensemble_values(task, values, timing=False),
+                f"configs/{TENSORRT_CONFIG}.pbtxt")
+
+
+def _ensemble_values(task: str, values, timing: bool = True) -> dict:
+    """A TensorRT plan reports no encode time, so its ensembles do not map one."""
+    return {**values("ensemble"), "preprocess_model": PREPROCESS_MODEL, "postprocess_model": POSTPROCESS_MODEL,
+            "encoder_model": encoder_name(task),
+            "encoder_timing_output": 'output_map { key: "encode_us" value: "_encode_us" }' if timing else "",
+            "encoder_timing_input": 'input_map { key: "encode_us" value: "_encode_us" }' if timing else ""}
+
+
+def _calibration_engine(checkpoint, options, engines, out):
+    """pooled(task, ids, mask) with the engines this build serves, for the int8 ranges."""
+    if engines is not None:
+        sessions = {task: ort_session(engines.path(task, "fp32")) for task in checkpoint.tasks}
+        return lambda task, ids, mask: run_session(sessions[task], ids, mask)
+    from jina_triton_pipeline.torch_engine import TorchEngine
+
+    loaded: dict = {}
+
+    def pooled(task, ids, mask):
+        import torch
+        if task not in loaded:
+            loaded.clear()  # one merged encoder in memory at a time
+            loaded[task] = TorchEngine(out / encoder_name(task) / "1", "fp32")
+        return loaded[task].forward(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    return pooled
+
+
+# -- the build -----------------------------------------------------------------------
+def build_repository(checkpoint: Checkpoint, out: Path, options: BuildOptions | None = None,
+                     cache_dir: Path | None = None, progress=None, reference=None) -> dict:
+    options = (options or BuildOptions()).resolved()
+    options.check(int(checkpoint.config["max_position_embeddings"]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build of a repository at a time
+        return _build(checkpoint, out, options, cache_dir, progress, reference)
+
+
+def _build(checkpoint, out: Path, options: BuildOptions, cache_dir, progress, reference) -> dict:
+    report = progress or (lambda message: None)
+    snapshot = _new_snapshot(out)
+
+    def values(template: str) -> dict:
+        """A template's options, and the model width every model but the ensembles names."""
+        found = options.template_values(template)
+        return found if template == "ensemble" else {**found, "hidden_size": checkpoint.hidden_size}
+
+    onnx = options.target in ("cpu", "tensorrt")
+    engines = build_engines(checkpoint, options.precision if options.target == "cpu" else "fp32", cache_dir,
+                            progress, reference) if onnx else None
+    entry = engines.entry if engines else cache_entry(checkpoint, cache_dir)
+    parity = {}
+    if options.target != "cpu":
+        reference_box: list = [reference]
+
+        def make_reference():
+            if reference_box[0] is None:
+                from .reference import ReferenceEncoder
+                reference_box[0] = ReferenceEncoder(checkpoint)
+            return reference_box[0]
+        parity = {task: reference_parity(entry, task, make_reference) for task in checkpoint.tasks}
+
+    version = _render("preprocess", snapshot, PREPROCESS_MODEL, {**values("preprocess"), "length_buckets": ""})
+    shutil.copy2(checkpoint.path / "tokenizer.json", version / "tokenizer.json")
+    if options.target == "cpu":
+        _onnx_encoders(checkpoint, snapshot, engines, values)
+    else:
+        _torch_encoders(checkpoint, snapshot, parity, values)
+    if options.target == "tensorrt":
+        _tensorrt_configs(checkpoint, snapshot, options, engines, values)
+    calibration = calibrate(checkpoint, entry, _calibration_engine(
+        checkpoint, options, engines if options.target == "cpu" else None, snapshot), report)
+    version = _render("postprocess", snapshot, POSTPROCESS_MODEL, values("postprocess"))
+    shutil.copy2(calibration, version / "calibration.npz")
+    for task in checkpoint.tasks:
+        _render("ensemble", snapshot, ensemble_name(task), _ensemble_values(task, values))
+
+    manifest = {
+        "contract_version": CONTRACT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "checkpoint": {"source": str(checkpoint.path), "fingerprint": checkpoint.fingerprint,
+                       "synthetic": checkpoint.synthetic, "label": checkpoint.label},
+        "target": options.target,
+        "tensorrt_run": False if options.target == "tensorrt" else None,  # no TensorRT on this project's machines
+        "precision": options.precision,
+        "hidden_size": checkpoint.hidden_size,
+        "tasks": list(checkpoint.tasks),
+        "options": options.as_dict(),
+        "engines": {task: (engines.report.get(task, {}) if engines else {}) for task in checkpoint.tasks},
+    }
+    (snapshot / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    _publish(snapshot, out)
+    report(f"repository {out} -> {snapshot.name}")
+    return manifest
+
+
+def read_manifest(repository: Path) -> dict:
+    file = Path(repository) / MANIFEST
+    if not file.is_file():
+        raise FileNotFoundError(f"{repository} has no {MANIFEST}: build it with `jina-triton build`")
+    return json.loads(file.read_text())
+
+
+# -- snapshots ------------------------------------------------------------------------
+def snapshots_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.snapshots"
+
+
+def _new_snapshot(out: Path) -> Path:
+    folder = snapshots_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    snapshot = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6:06d}"
+    snapshot.mkdir()
+    return snapshot
+
+
+def _publish(snapshot: Path, out: Path) -> None:
+    """Point `out` at the new snapshot in one step, then prune snapshots nobody holds."""
+    if out.is_dir() and not out.is_symlink():  # a repository from before snapshots: keep it as one
+        os.replace(out, snapshots_dir(out) / f"{out.name}-legacy-{os.getpid()}")
+    link = out.with_name(f".{out.name}.link-{os.getpid()}")
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(os.path.relpath(snapshot, out.parent))
+    os.replace(link, out)
+    for old in snapshots_dir(out).iterdir():
+        if old != snapshot and old.is_dir() and not _held(old):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def hold(repository: Path):
+    """Held by a running server: the snapshot it serves is never pruned meanwhile."""
+    snapshot = Path(repository).resolve()
+    with open(snapshot / HOLD_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        try:
+            yield snapshot
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _held(snapshot: Path) -> bool:
+    file = snapshot / HOLD_FILE
+    if not file.is_file():
+        return False
+    with open(file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

@@ -1,0 +1,55 @@
+"""The texts every engine is verified on, and the reference's answers to them.
+
+One padded batch per input type of very different lengths (a word up to ~25 sentences),
+run through the reference encoder (CPU fp32, adapter unmerged) once per checkpoint and
+task, then cached: the ONNX export is checked against it at build time, and the
+repository carries it as each encoder's parity gate (jina_triton_pipeline.parity).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from jina_triton_client.contract import INPUT_TYPES
+from jina_triton_pipeline.parity import ParityCheck
+
+from .cache import CacheEntry
+from .corpus import corpus_sentences
+
+
+def verification_texts() -> list[str]:
+    sentences = corpus_sentences()
+    return [sentences[0].split()[0], sentences[1], " ".join(sentences[2:5]),
+            " ".join(sentences[5:30]), sentences[30][:12], " ".join(sentences[40:48])]
+
+
+def verification_batch(reference) -> tuple[np.ndarray, np.ndarray]:
+    """Both input types' texts as one right-padded batch (input_ids, attention_mask)."""
+    rows = []
+    for input_type in INPUT_TYPES:
+        batch = reference.tokenize(verification_texts(), input_type)
+        for ids, mask in zip(batch["input_ids"].numpy(), batch["attention_mask"].numpy()):
+            rows.append(ids[mask.astype(bool)])
+    longest = max(len(row) for row in rows)
+    ids = np.full((len(rows), longest), reference.tokenizer.pad_token_id or 0, np.int64)
+    mask = np.zeros((len(rows), longest), np.int64)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    return ids, mask
+
+
+def reference_parity(entry: CacheEntry, task: str, reference_factory) -> ParityCheck:
+    """The reference's pooled states for the verification batch, cached in the entry."""
+    path = entry.directory / f"parity-{task}.npz"
+    if path.is_file():
+        return ParityCheck.load(path)
+    reference = reference_factory()
+    ids, mask = verification_batch(reference)
+    import torch
+
+    check = ParityCheck(ids, mask, reference.pooled(task, {"input_ids": torch.from_numpy(ids),
+                                                           "attention_mask": torch.from_numpy(mask)}))
+    partial = entry.partial(path)
+    with open(partial, "wb") as file:
+        np.savez(file, input_ids=check.input_ids, attention_mask=check.attention_mask, reference=check.reference)
+    entry.commit(partial, path)
+    return check

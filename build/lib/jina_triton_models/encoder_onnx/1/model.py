@@ -1,0 +1,19 @@
+"""encoder_<task>, `cpu` target: onnxruntime on the task's merged graph (pooled in the graph)."""
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from jina_triton_pipeline.encoding import EncoderStep, NumpyTensors, OnnxEngine
+from jina_triton_pipeline.triton_adapter import limit, model_parameters
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = model_parameters(args)
+        engine = OnnxEngine(Path(args["model_repository"]) / args["model_version"] / "model.onnx",
+                            int(params["threads"]), int(params["vocab_size"]))
+        self.step = EncoderStep(pb_utils, engine, NumpyTensors(pb_utils), int(params["token_budget"]),
+                                limit(params, "max_length"), args["model_name"], args.get("model_instance_name", ""))
+
+    def execute(self, requests):
+        return self.step.execute(requests)

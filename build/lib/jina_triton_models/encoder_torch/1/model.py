@@ -1,0 +1,31 @@
+"""encoder_<task>, `cuda` target: the merged encoder in PyTorch; refuses to load below its parity gate."""
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from jina_triton_pipeline.encoding import DlpackTensors, EncoderStep
+from jina_triton_pipeline.parity import ParityError
+from jina_triton_pipeline.torch_engine import TorchEngine
+from jina_triton_pipeline.triton_adapter import limit, model_parameters
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = model_parameters(args)
+        folder = Path(args["model_repository"]) / args["model_version"]
+        gpu = args.get("model_instance_kind") == "GPU"
+        device = f"cuda:{args.get('model_instance_device_id', 0)}" if gpu else "cpu"
+        engine = TorchEngine(folder, params["precision"], device, int(params["threads"]))
+        try:
+            cosine = engine.check_parity(folder, args["model_name"])
+        except ParityError as exc:  # the model does not load
+            pb_utils.Logger.log_error(str(exc))
+            raise
+        pb_utils.Logger.log_info(f"{args['model_name']}: parity gate passed on {engine.device} "
+                                 f"({engine.precision}), minimum cosine {cosine:.7f}")
+        engine.warm_up(int(params["token_budget"]))
+        self.step = EncoderStep(pb_utils, engine, DlpackTensors(pb_utils), int(params["token_budget"]),
+                                limit(params, "max_length"), args["model_name"], args.get("model_instance_name", ""))
+
+    def execute(self, requests):
+        return self.step.execute(requests)

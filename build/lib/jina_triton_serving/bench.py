@@ -1,0 +1,403 @@
+"""`make bench`: the served ensemble against the bare engine, the gateway and the reference path.
+
+In one run, on the same texts:
+  (a) engine     the bare onnxruntime engine on pre-tokenized texts, under every packing in
+                 PACKINGS; the best one is the row, so it is the ceiling of this machine;
+  (b) served     the Triton ensemble end to end through the project's gRPC client, at a
+                 saturating concurrency;
+  (c) gateway    the same requests through the OpenAI/Jina gateway (HTTP, base64 vectors);
+  (d) reference  what a user of the official code runs: transformers + peft with the
+                 adapter unmerged, batches of 32 in the given order.
+Every run is repeated (`repeats`) and reported with its spread. Each row states its
+useful FLOP/s as a fraction of a matmul peak measured in the same run: absolute CPU
+figures vary by host, the ratios hold. Speed is reported here, never asserted in tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from jina_triton_client.contract import TRUNCATE_END
+from jina_triton_pipeline.packing import MAX_PADDING, plan_chunks
+from jina_triton_pipeline.pooling import cosines
+
+from .machine import cpu_identity, encoder_flops, matmul_peak_gflops, versions
+from .workload import Text, Workload, token_counter
+
+SHORT_QUERY = "how do I reset my router?"
+REPEATS_SHORT = 15
+# (token budget, padding bound) per engine candidate; (0, 0): one text per pass
+PACKINGS = ((0, 0.0), (1024, MAX_PADDING), (4096, MAX_PADDING), (8192, MAX_PADDING))
+TOKENS_METRIC = "jina_encoder_tokens_total"
+
+
+@dataclass
+class Run:
+    name: str
+    texts: int = 0
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    seconds: list = field(default_factory=list)      # one per repeat
+    latencies_ms: list = field(default_factory=list)
+    short_query_ms: float | None = None
+    flops: float = 0.0                               # useful work of one repeat
+    note: str = ""
+
+    def summary(self, peak_gflops: float) -> dict:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+        best = statistics.median(self.seconds)
+        spread = (max(self.seconds) - min(self.seconds)) / best if len(self.seconds) > 1 else None
+        return {
+            "texts": self.texts, "real_tokens": self.real_tokens, "computed_tokens": self.computed_tokens,
+            "runs": len(self.seconds), "seconds": [round(s, 3) for s in self.seconds],
+            "spread": None if spread is None else round(spread, 3),
+            "tokens_per_s": round(self.real_tokens / best, 1),
+            "texts_per_s": round(self.texts / best, 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "padded_ratio": round(self.computed_tokens / self.real_tokens, 3) if self.real_tokens else None,
+            "short_query_ms": None if self.short_query_ms is None else round(self.short_query_ms, 1),
+            "gflops": round(self.flops / best / 1e9, 1),
+            "peak_fraction": round(self.flops / best / 1e9 / peak_gflops, 3),
+            "note": self.note,
+        }
+
+
+def _median_ms(call, repeats: int = REPEATS_SHORT) -> float:
+    call()  # warm
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+# -- (a) the bare engine ---------------------------------------------------------
+def _chunks(lengths: np.ndarray, budget: int, padding: float) -> list[np.ndarray]:
+    if budget == 0:
+        return [np.array([i]) for i in np.argsort(lengths, kind="stable")]
+    return plan_chunks(lengths, budget, padding)
+
+
+def bare_engine(engine: Path, rows: list[list[int]], threads: int, repeats: int, flops: float,
+                short: list[int]) -> tuple[Run, np.ndarray, dict]:
+    """The best packing of these rows on the bare engine; also every candidate's tokens/s."""
+    from jina_triton_build.engines import ort_session, run_session
+
+    session = ort_session(engine, threads)
+    lengths = np.array([len(r) for r in rows])
+    pooled = np.zeros((len(rows), 0), np.float32)
+
+    def once(chunks) -> tuple[float, int, list]:
+        nonlocal pooled
+        computed, latencies = 0, []
+        started = time.perf_counter()
+        for chunk in chunks:
+            longest = int(lengths[chunk].max())
+            ids = np.zeros((len(chunk), longest), np.int64)
+            mask = np.zeros_like(ids)
+            for i, row in enumerate(chunk):
+                ids[i, :lengths[row]], mask[i, :lengths[row]] = rows[row], 1
+            chunk_started = time.perf_counter()
+            out = run_session(session, ids, mask)
+            latencies.append((time.perf_counter() - chunk_started) * 1000)
+            if pooled.shape[1] == 0:
+                pooled = np.zeros((len(rows), out.shape[1]), np.float32)
+            pooled[chunk] = out
+            computed += ids.size
+        return time.perf_counter() - started, computed, latencies
+
+    short_ids = np.array([short])
+    run_session(session, short_ids, np.ones_like(short_ids))  # warm
+    candidates = {}
+    for budget, padding in PACKINGS:
+        seconds, computed, latencies = once(_chunks(lengths, budget, padding))
+        candidates[(budget, padding)] = (seconds, computed, latencies)
+    best = min(candidates, key=lambda key: candidates[key][0])
+    run = Run("engine", texts=len(rows), real_tokens=int(lengths.sum()), flops=flops,
+              note=f"best of {len(PACKINGS)} packings: " + (f"budget {best[0]}, padding <= {best[1]}"
+                                                             if best[0] else "one text per pass"))
+    run.seconds.append(candidates[best][0])
+    run.computed_tokens, run.latencies_ms = candidates[best][1], candidates[best][2]
+    for _ in range(repeats - 1):
+        run.seconds.append(once(_chunks(lengths, *best))[0])
+    run.short_query_ms = _median_ms(lambda: run_session(session, short_ids, np.ones_like(short_ids)))
+    tokens = {("one text per pass" if b == 0 else f"budget {b}"): round(float(lengths.sum()) / seconds, 1)
+              for (b, _), (seconds, _, _) in candidates.items()}
+    return run, pooled, tokens
+
+
+# -- (b) served, (c) through the gateway ---------------------------------------------
+def _requests(texts: list[Text], documents_per_request: int) -> list[list[Text]]:
+    """Queries one per request (search traffic), documents in small groups (ingestion)."""
+    requests, pending = [], []
+    for text in texts:
+        if text.input_type == "query":
+            requests.append([text])
+        else:
+            pending.append(text)
+            if len(pending) == documents_per_request:
+                requests.append(pending)
+                pending = []
+    return requests + ([pending] if pending else [])
+
+
+def token_totals(metrics_text: str, model: str | None = None) -> dict[str, float]:
+    """The encoders' token counters (computed = padded, real) from a Prometheus scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {"computed": 0.0, "real": 0.0}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == TOKENS_METRIC and (model is None or sample.labels.get("model") == model):
+                totals[sample.labels["kind"]] += sample.value
+    return totals
+
+
+def _encoder_tokens(metrics_url: str) -> dict[str, float]:
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        return token_totals(reply.read().decode())
+
+
+def _load(send, requests: list[list[Text]], concurrency: int, repeats: int, metrics_url: str, run: Run) -> Run:
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(send, requests[:concurrency]))  # warm every connection and instance
+        for repeat in range(repeats):
+            before = _encoder_tokens(metrics_url)
+            started = time.perf_counter()
+            latencies = list(pool.map(send, requests))
+            run.seconds.append(time.perf_counter() - started)
+            after = _encoder_tokens(metrics_url)
+            if repeat == 0:
+                run.latencies_ms = latencies
+                run.computed_tokens = int(after["computed"] - before["computed"])
+    return run
+
+
+def served(server, texts: list[Text], task: str, concurrency: int, repeats: int, flops: float,
+           documents_per_request: int = 4) -> Run:
+    from jina_triton_client import EmbeddingClient
+
+    client = EmbeddingClient(server.grpc_url, timeout=600)  # keeps one connection per thread itself
+
+    def send(group: list[Text]) -> float:
+        started = time.perf_counter()
+        client.embed([t.text for t in group], task=task, input_type=group[0].input_type)
+        return (time.perf_counter() - started) * 1000
+
+    run = Run("served", texts=len(texts), real_tokens=sum(t.tokens for t in texts), flops=flops)
+    _load(send, _requests(texts, documents_per_request), concurrency, repeats, server.metrics_url, run)
+    time.sleep(1.0)  # zero load
+    with EmbeddingClient(server.grpc_url) as single:
+        run.short_query_ms = _median_ms(lambda: single.embed([SHORT_QUERY], task=task, input_type="query"))
+    return run
+
+
+def through_gateway(url: str, server, texts: list[Text], task: str, concurrency: int, repeats: int,
+                    flops: float, documents_per_request: int = 4) -> Run:
+    """The same requests as `served`, as OpenAI-shaped HTTP calls with base64 vectors."""
+    import http.client
+    import threading
+
+    host_port = url.split("://", 1)[1]
+    local = threading.local()
+    jina_task = "retrieval.query" if task == "retrieval" else task
+
+    def post(group: list[Text]) -> None:
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection(host_port, timeout=600)
+        body = {"model": "jina-embeddings-v5-text-nano", "input": [t.text for t in group],
+                "encoding_format": "base64",
+                "task": ("retrieval.query" if group[0].input_type == "query" else "retrieval.passage")
+                if task == "retrieval" else jina_task}
+        local.connection.request("POST", "/v1/embeddings", json.dumps(body), {"Content-Type": "application/json"})
+        reply = local.connection.getresponse()
+        payload = reply.read()
+        if reply.status != 200:
+            raise RuntimeError(f"gateway answered {reply.status}: {payload[:300]!r}")
+
+    def send(group: list[Text]) -> float:
+        started = time.perf_counter()
+        post(group)
+        return (time.perf_counter() - started) * 1000
+
+    run = Run("gateway", texts=len(texts), real_tokens=sum(t.tokens for t in texts), flops=flops)
+    _load(send, _requests(texts, documents_per_request), concurrency, repeats, server.metrics_url, run)
+    time.sleep(1.0)
+    run.short_query_ms = _median_ms(lambda: post([Text(SHORT_QUERY, "query", 0)]))
+    return run
+
+
+# -- (d) the reference path ------------------------------------------------------
+def reference_path(reference, texts: list[Text], task: str, flops: float, batch_size: int = 32) -> Run:
+    run = Run("reference", texts=len(texts), real_tokens=sum(t.tokens for t in texts), flops=flops)
+    groups = {kind: [t.text for t in texts if t.input_type == kind] for kind in ("query", "document")}
+    started = time.perf_counter()
+    for kind, group in groups.items():
+        for start in range(0, len(group), batch_size):
+            batch = reference.tokenize(group[start:start + batch_size], kind)
+            batch_started = time.perf_counter()
+            reference.pooled(task, batch)
+            run.latencies_ms.append((time.perf_counter() - batch_started) * 1000)
+            run.computed_tokens += int(batch["input_ids"].numel())
+    run.seconds.append(time.perf_counter() - started)
+    run.short_query_ms = _median_ms(lambda: reference.encode([SHORT_QUERY], task, "query"), repeats=5)
+    return run
+
+
+# -- the whole run ---------------------------------------------------------------
+def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str = "mixed", count: int = 128,
+              concurrency: int = 8, task: str = "retrieval", cache_dir: Path | None = None, seed: int = 0,
+              progress=print, repeats: int = 2, gateway: bool = True) -> dict:
+    from jina_triton_build.options import BuildOptions
+    from jina_triton_build.reference import ReferenceEncoder
+    from jina_triton_build.repository import build_repository
+    from jina_triton_pipeline.internals import encoder_name
+    from jina_triton_pipeline.tokenization import TextTokenizer
+
+    from .server import TritonServer
+
+    out.mkdir(parents=True, exist_ok=True)
+    options = {p: BuildOptions(precision=p).resolved() for p in precisions}
+    repositories = {}
+    for precision in precisions:
+        repositories[precision] = out / f"repository-{precision}"
+        build_repository(checkpoint, repositories[precision], options[precision], cache_dir, progress)
+    tokenizer_file = checkpoint.path / "tokenizer.json"
+    tokenizer = TextTokenizer(tokenizer_file, options[precisions[0]].max_length)
+    texts = Workload(token_counter(tokenizer_file), seed).texts(profile, count)
+    rows = [tokenizer.token_ids([t.text], t.input_type, TRUNCATE_END)[0] for t in texts]
+    short = tokenizer.token_ids([SHORT_QUERY], "query", TRUNCATE_END)[0]
+    flops = encoder_flops(checkpoint.config, [len(r) for r in rows])
+    vocabularies = compare_vocabularies(texts, sum(len(r) for r in rows), out)
+    threads = options[precisions[0]].threads
+    progress(f"measuring the fp32 matmul peak on {threads} threads")
+    peak = matmul_peak_gflops(threads)
+    report = {"machine": {"cpu": cpu_identity(), "matmul_peak_gflops": round(peak, 1), "threads": threads,
+                          **versions(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+              "checkpoint": checkpoint.label, "tokenizer": _tokenizer_label(checkpoint), "profile": profile,
+              "texts": count, "task": task, "concurrency": concurrency, "repeats": repeats,
+              "gflop_per_token": round(flops / sum(len(r) for r in rows) / 1e9, 4), "results": {}, "packings": {},
+              "vocabularies": vocabularies}
+    pooled = {}
+    for precision in precisions:
+        progress(f"(a) bare {precision} engine, {len(PACKINGS)} packings")
+        engine = repositories[precision] / encoder_name(task) / "1" / "model.onnx"
+        run, pooled[precision], report["packings"][precision] = bare_engine(engine, rows, threads, repeats, flops,
+                                                                            short)
+        report["results"][f"engine-{precision}"] = run.summary(peak)
+        with TritonServer.on_free_ports(repositories[precision], log_file=out / f"server-{precision}.log") as server:
+            progress(f"(b) served {precision} ensemble")
+            report["results"][f"served-{precision}"] = served(server, texts, task, concurrency, repeats,
+                                                               flops).summary(peak)
+            if gateway:
+                progress(f"(c) {precision} through the gateway")
+                from .gateway.process import GatewayProcess
+
+                with GatewayProcess(server, log_file=out / f"gateway-{precision}.log") as front:
+                    report["results"][f"gateway-{precision}"] = through_gateway(
+                        front.url, server, texts, task, concurrency, repeats, flops).summary(peak)
+    progress("(d) reference path (transformers + peft, batch 32)")
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    report["results"]["reference-fp32"] = reference_path(ReferenceEncoder(checkpoint), texts, task,
+                                                         flops).summary(peak)
+    if "fp32" in pooled and "int8" in pooled:
+        cosine = cosines(pooled["fp32"], pooled["int8"], pooled["fp32"].shape[1])
+        report["int8_cosine_vs_fp32"] = {"mean": round(float(cosine.mean()), 5), "min": round(float(cosine.min()), 5)}
+    report["ratios"] = ratios(report["results"])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"bench-{stamp}.json").write_text(json.dumps(report, indent=2))
+    (out / f"bench-{stamp}.md").write_text(markdown(report))
+    return report
+
+
+def compare_vocabularies(texts: list[Text], tokens: int, out: Path) -> dict:
+    """The same texts' tokens with the small corpus-trained BPE, beside the served vocabulary's."""
+    from jina_triton_build.synth_tokenizer import write_tokenizer
+
+    from .workload import token_counter
+
+    folder = out / "small-bpe"
+    folder.mkdir(exist_ok=True)
+    if not (folder / "tokenizer.json").is_file():
+        write_tokenizer(folder, "small")
+    count = token_counter(folder / "tokenizer.json")
+    small = sum(count([t.text], t.input_type)[0] for t in texts)
+    return {"served": tokens, "small_bpe": small, "small_over_served": round(small / tokens, 3)}
+
+
+def _tokenizer_label(checkpoint) -> str:
+    info = checkpoint.config.get("jina_triton_synthetic", {})
+    return info.get("tokenizer", "the checkpoint's own") if info else "the checkpoint's own"
+
+
+def ratios(results: dict) -> dict:
+    def tps(name):
+        return (results.get(name) or {}).get("tokens_per_s")
+
+    def ratio(top, bottom, digits=3):
+        return round(tps(top) / tps(bottom), digits)
+
+    found = {}
+    for precision in ("fp32", "int8"):
+        engine, serve, front = (results.get(f"{kind}-{precision}") for kind in ("engine", "served", "gateway"))
+        if engine and serve:
+            found[f"served/engine tokens/s ({precision})"] = (ratio(f"served-{precision}", f"engine-{precision}"),
+                                                               ">= 0.90")
+            found[f"served - engine short query ms ({precision})"] = (
+                round(serve["short_query_ms"] - engine["short_query_ms"], 1), "<= 15")
+            found[f"served padded-token ratio ({precision})"] = (serve["padded_ratio"], "<= 1.15")
+        if serve and front:
+            found[f"gateway/served tokens/s ({precision})"] = (ratio(f"gateway-{precision}", f"served-{precision}"),
+                                                                ">= 0.95")
+        if serve and results.get("reference-fp32"):
+            found[f"served/reference tokens/s ({precision})"] = (ratio(f"served-{precision}", "reference-fp32", 2),
+                                                                  ">= 3.0")
+    if results.get("served-int8") and results.get("served-fp32"):
+        found["int8/fp32 served tokens/s"] = (round(tps("served-int8") / tps("served-fp32"), 2), "speedup")
+    return found
+
+
+def markdown(report: dict) -> str:
+    m, cpu = report["machine"], report["machine"]["cpu"]
+    lines = [f"## Benchmark: {report['profile']} profile, {report['texts']} texts, task {report['task']}, "
+             f"concurrency {report['concurrency']}, {report['repeats']} runs each",
+             "", f"{report['checkpoint']}; tokenizer: {report['tokenizer']}", "",
+             f"CPU: {cpu['model']} (family {cpu['family']}, model {cpu['model_id']}; {', '.join(cpu['flags']) or 'no'} "
+             f"vector extensions), {cpu['cores']} cores; fp32 matmul peak on {m['threads']} threads: "
+             f"{m['matmul_peak_gflops']} GFLOP/s (measured in this run); {report['gflop_per_token']} GFLOP per token "
+             f"of this workload. Absolute CPU figures vary by host; the ratios hold.", "",
+             f"Python {m['python']}, onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}, transformers "
+             f"{m.get('transformers')}, Triton {m['triton']}; {m['date']}", "",
+             "| run | tokens/s | spread | GFLOP/s | of peak | texts/s | p50 ms | p95 ms | padded | short query ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["results"].items():
+        spread = "-" if r["spread"] is None else f"{100 * r['spread']:.1f} %"
+        lines.append(f"| {name} | {r['tokens_per_s']} | {spread} | {r['gflops']} | {r['peak_fraction']:.2f} | "
+                     f"{r['texts_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['padded_ratio']} | "
+                     f"{r['short_query_ms']} |")
+    for name, r in report["results"].items():
+        if r.get("note"):
+            lines.append(f"\n{name}: {r['note']}")
+    for precision, tokens in report.get("packings", {}).items():
+        lines.append(f"\nengine-{precision} packings (tokens/s): " + ", ".join(f"{k} {v}" for k, v in tokens.items()))
+    lines += ["", "| ratio | value | target |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {target} |" for name, (value, target) in report["ratios"].items()]
+    if "int8_cosine_vs_fp32" in report:
+        c = report["int8_cosine_vs_fp32"]
+        lines += ["", f"int8 vs fp32 embeddings on the same texts: cosine mean {c['mean']}, min {c['min']}"]
+    if "vocabularies" in report:
+        v = report["vocabularies"]
+        lines += ["", f"Tokens of this workload: {v['served']} with the served tokenizer ({report['tokenizer']}), "
+                      f"{v['small_bpe']} with the small corpus-trained BPE ({v['small_over_served']}x)"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,82 @@
+"""`jina-triton gateway` (or `python -m jina_triton_serving.gateway`): the embeddings API on uvicorn.
+
+Keys never travel on a command line: API keys come from $JINA_TRITON_API_KEY (comma-separated)
+or --api-key-file (one per line), the admin key from $JINA_TRITON_ADMIN_KEY or --admin-key-file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from jina_triton_client import Limits
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .app import Config
+
+    defaults = Config()
+    parser.add_argument("--triton", default=defaults.triton, help="Triton's gRPC endpoint HOST:PORT")
+    parser.add_argument("--triton-metrics", help="Triton's metrics URL (for operators' reference)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--tls-cert", help="TLS certificate (PEM); with --tls-key the gateway speaks HTTPS")
+    parser.add_argument("--tls-key", help="TLS private key (PEM)")
+    parser.add_argument("--api-key-file", help="file with API keys, one per line (or $JINA_TRITON_API_KEY)")
+    parser.add_argument("--admin-key-file", help="file with the admin key (or $JINA_TRITON_ADMIN_KEY)")
+    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    parser.add_argument("--max-inputs", type=int, default=defaults.max_inputs, help="texts per API request")
+    parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency,
+                        help="requests answered at once; more get 429 with Retry-After")
+    parser.add_argument("--timeout", type=float, default=defaults.timeout, help="seconds per request, retries included")
+    parser.add_argument("--max-request-tokens", type=int, default=Limits().max_tokens,
+                        help="the server's tokens per request (the client cuts requests to fit)")
+    parser.add_argument("--max-length", type=int, default=Limits().max_length, help="the server's tokens per text")
+    parser.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+                        help="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces (default: none)")
+    parser.add_argument("--status-file", default=os.environ.get("JINA_TRITON_STATUS_FILE"),
+                        help="the status `jina-triton serve` writes (Triton up, models down)")
+
+
+def _keys(file: str | None, variable: str) -> tuple:
+    if file:
+        return tuple(line.strip() for line in Path(file).read_text().splitlines() if line.strip())
+    return tuple(part.strip() for part in os.environ.get(variable, "").split(",") if part.strip())
+
+
+def config_from(args):
+    from .app import Config
+
+    admin = _keys(args.admin_key_file, "JINA_TRITON_ADMIN_KEY")
+    return Config(triton=args.triton, api_keys=_keys(args.api_key_file, "JINA_TRITON_API_KEY"),
+                  admin_key=admin[0] if admin else None, triton_lock_key=os.environ.get("JINA_TRITON_LOCK_KEY"),
+                  max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
+                  max_concurrency=args.max_concurrency, timeout=args.timeout,
+                  status_file=Path(args.status_file) if args.status_file else None,
+                  otlp_endpoint=args.otlp_endpoint,
+                  limits=Limits(max_tokens=args.max_request_tokens, max_length=args.max_length))
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("error: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(config_from(args)), host=args.host, port=args.port, log_level="warning",
+                access_log=False, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
+                timeout_graceful_shutdown=30)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="jina-triton gateway", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The embeddings API: OpenAI's shape with Jina's fields, parsed into one call and answered.
+
+    POST /v1/embeddings
+      input            a string or a list of strings (or of {"text": ...}); token arrays are refused
+      model            jina-embeddings-v5-text-nano, or a task's own name (see MODELS)
+      task             retrieval.query | retrieval.passage | text-matching | clustering | classification
+      dimensions       32..768 (Matryoshka)
+      encoding_format  float | base64 (OpenAI)
+      embedding_type   float | base64 | binary | ubinary | int8 | uint8 (Jina)
+      normalized       true (default) | false: the raw state, float types only
+      truncate         true | false (Jina) or END | START | NONE
+      user             accepted, logged as given
+
+Every problem is an ApiError naming the field, rendered in OpenAI's error body.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import numpy as np
+
+from jina_triton_client.contract import (
+    MAX_DIMENSIONS, MIN_DIMENSIONS, MODEL_NAME, TASKS, TRUNCATE_END, TRUNCATE_MODES, TRUNCATE_NONE)
+
+# Jina task names -> (adapter, input type)
+JINA_TASKS = {
+    "retrieval.query": ("retrieval", "query"),
+    "retrieval.passage": ("retrieval", "document"),
+    "text-matching": ("text-matching", "document"),
+    "clustering": ("clustering", "document"),
+    "separation": ("clustering", "document"),   # Jina's older name for clustering
+    "classification": ("classification", "document"),
+}
+DEFAULT_TASK = "retrieval.passage"
+# model name -> the task it implies (None: take `task`, default retrieval.passage)
+MODELS = {MODEL_NAME: None, f"{MODEL_NAME}-retrieval": "retrieval.passage",
+          f"{MODEL_NAME}-retrieval-query": "retrieval.query", f"{MODEL_NAME}-retrieval-passage": "retrieval.passage",
+          f"{MODEL_NAME}-text-matching": "text-matching", f"{MODEL_NAME}-clustering": "clustering",
+          f"{MODEL_NAME}-classification": "classification"}
+EMBEDDING_TYPES = ("float", "base64", "binary", "ubinary", "int8", "uint8")
+ENCODING_FORMATS = ("float", "base64")
+FIELDS = {"input", "model", "task", "dimensions", "encoding_format", "embedding_type", "normalized", "truncate",
+          "user"}
+assert {adapter for adapter, _ in JINA_TASKS.values()} == set(TASKS)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.retry_after = status, message, param, kind, retry_after
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+
+
+def invalid(param: str, rule: str) -> ApiError:
+    return ApiError(400, f"{param}: {rule}", param)
+
+
+@dataclass(frozen=True)
+class EmbedCall:
+    texts: list[str]
+    model: str
+    task: str            # the Jina task name
+    adapter: str
+    input_type: str
+    dimensions: int
+    embedding_type: str
+    normalized: bool
+    truncate: str
+    user: str | None
+
+    @property
+    def output(self) -> str:
+        """The client output type that carries this embedding type."""
+        if self.embedding_type in ("float", "base64"):
+            return "float" if self.normalized else "unnormalized"
+        return self.embedding_type
+
+
+def _texts(value) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise invalid("input", "must be a string or a non-empty list of strings")
+    texts = []
+    for index, item in enumerate(value):
+        if isinstance(item, dict) and set(item) == {"text"}:
+            item = item["text"]
+        if isinstance(item, (int, list)) and not isinstance(item, bool):
+            raise invalid("input", "token arrays are not supported; send the text itself")
+        if not isinstance(item, str):
+            raise invalid(f"input[{index}]", "must be a string")
+        if not item:
+            raise invalid(f"input[{index}]", "is empty")
+        texts.append(item)
+    return texts
+
+
+def _task(body: dict, model: str) -> str:
+    implied = MODELS[model]
+    task = body.get("task")
+    if task is None:
+        return implied or DEFAULT_TASK
+    if not isinstance(task, str) or task not in JINA_TASKS:
+        raise invalid("task", f"must be one of {', '.join(JINA_TASKS)}")
+    if implied and JINA_TASKS[task][0] != JINA_TASKS[implied][0]:
+        raise invalid("task", f"{task!r} does not match model {model!r}; send the bare model name {MODEL_NAME!r} "
+                              f"with a task")
+    return task
+
+
+def _dimensions(value) -> int:
+    if value is None:
+        return MAX_DIMENSIONS
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid("dimensions", f"must be an integer from {MIN_DIMENSIONS} to {MAX_DIMENSIONS}")
+    if not MIN_DIMENSIONS <= value <= MAX_DIMENSIONS:
+        raise invalid("dimensions", f"must be from {MIN_DIMENSIONS} to {MAX_DIMENSIONS}, got {value}")
+    return value
+
+
+def _embedding_type(body: dict) -> str:
+    """Jina's embedding_type decides; OpenAI's encoding_format chooses how floats travel (the openai
+    package asks for base64 on its own and decodes it; integer types are left as they are)."""
+    encoding, kind = body.get("encoding_format"), body.get("embedding_type")
+    if encoding is not None and encoding not in ENCODING_FORMATS:
+        raise invalid("encoding_format", f"must be one of {', '.join(ENCODING_FORMATS)}")
+    if kind is not None and kind not in EMBEDDING_TYPES:
+        raise invalid("embedding_type", f"must be one of {', '.join(EMBEDDING_TYPES)}")
+    if kind in (None, "float", "base64"):
+        return encoding or kind or "float"
+    return kind
+
+
+def _truncate(value) -> str:
+    if value is None or value is True:
+        return TRUNCATE_END
+    if value is False:
+        return TRUNCATE_NONE
+    if isinstance(value, str) and value.upper() in TRUNCATE_MODES:
+        return value.upper()
+    raise invalid("truncate", f"must be true, false or one of {', '.join(TRUNCATE_MODES)}")
+
+
+def parse(body, max_inputs: int) -> EmbedCall:
+    if not isinstance(body, dict):
+        raise invalid("body", "must be a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise invalid(unknown[0], f"unknown field; allowed: {', '.join(sorted(FIELDS))}")
+    if "input" not in body:
+        raise invalid("input", "is required")
+    texts = _texts(body["input"])
+    if len(texts) > max_inputs:
+        raise invalid("input", f"holds {len(texts)} texts, more than the limit of {max_inputs} per request")
+    model = body.get("model", MODEL_NAME)
+    if model not in MODELS:
+        raise ApiError(404, f"model: {model!r} does not exist; GET /v1/models lists the models", "model",
+                       "not_found_error")
+    task = _task(body, model)
+    normalized = body.get("normalized", True)
+    if not isinstance(normalized, bool):
+        raise invalid("normalized", "must be true or false")
+    embedding_type = _embedding_type(body)
+    if not normalized and embedding_type not in ("float", "base64"):
+        raise invalid("normalized", f"false applies to float and base64 embeddings, not {embedding_type}")
+    dimensions = _dimensions(body.get("dimensions"))
+    if embedding_type in ("binary", "ubinary") and dimensions % 8:
+        raise invalid("dimensions", f"must be divisible by 8 for embedding_type {embedding_type!r}, got {dimensions}")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise invalid("user", "must be a string")
+    adapter, input_type = JINA_TASKS[task]
+    return EmbedCall(texts, model, task, adapter, input_type, dimensions, embedding_type, normalized,
+                     _truncate(body.get("truncate")), user)
+
+
+def encode(vector: np.ndarray, embedding_type: str):
+    """One row as the API sends it: floats, base64 of little-endian float32, or integers."""
+    if embedding_type == "base64":
+        return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode()
+    return vector.tolist()
+
+
+def answer(call: EmbedCall, vectors: np.ndarray, token_counts: np.ndarray) -> dict:
+    tokens = int(np.asarray(token_counts).sum())
+    return {"object": "list", "model": call.model,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(row, call.embedding_type)}
+                     for i, row in enumerate(vectors)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def models_list(created: int) -> dict:
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "jinaai",
+                                        "task": task or DEFAULT_TASK} for name, task in MODELS.items()]}

@@ -1,0 +1,58 @@
+"""The gateway as a process beside a Triton server: for the bench, the tests and the load tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..server import die_with_parent, free_port
+
+
+class GatewayProcess:
+    def __init__(self, server, *args: str, port: int | None = None, env: dict | None = None,
+                 log_file: Path | None = None, tls: bool = False):
+        self.server, self.args, self.port = server, list(args), port or free_port()
+        self.env, self.log_file, self.tls = env or {}, log_file, tls
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def start(self) -> "GatewayProcess":
+        command = [sys.executable, "-m", "jina_triton_serving.gateway", "--triton", self.server.grpc_url,
+                   "--port", str(self.port), *self.args]
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, env={**os.environ, **self.env}, stdout=output,
+                                        stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the gateway exited with code {self.process.returncode}")
+            try:
+                import ssl
+                context = ssl._create_unverified_context() if self.tls else None
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2, context=context):
+                    return self
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the gateway did not come up within 60 s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def __enter__(self) -> "GatewayProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

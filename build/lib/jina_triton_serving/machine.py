@@ -1,0 +1,76 @@
+"""What a benchmark ran on, and what that machine can do at most.
+
+Absolute CPU figures move up to 3x between hosts of one kind; a report says which
+CPU it ran on (model, family, vector extensions), measures a dense fp32 matmul peak
+in the same run, and states every throughput as a fraction of it.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
+
+
+def cpu_identity() -> dict:
+    found = {"model": platform.processor() or platform.machine(), "family": None, "model_id": None,
+             "flags": [], "cores": os.cpu_count()}
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "model name":
+            found["model"] = value
+        elif key == "cpu family":
+            found["family"] = value
+        elif key == "model" and found["model_id"] is None:
+            found["model_id"] = value
+        elif key == "flags":
+            flags = set(value.split())
+            found["flags"] = [flag for flag in VECTOR_FLAGS if flag in flags]
+            break
+    return found
+
+
+def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 8) -> float:
+    """Best fp32 GFLOP/s of a square torch matmul on `threads` threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b  # warm
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - started)
+        return 2 * size ** 3 / best / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
+def encoder_flops(config: dict, lengths) -> float:
+    """Floating-point operations to encode texts of these token lengths, each on its own (no padding):
+    the projections and MLP per token, plus attention's two T x T products per layer."""
+    hidden, inner = int(config["hidden_size"]), int(config["intermediate_size"])
+    layers = int(config["num_hidden_layers"])
+    per_token = layers * 2 * (4 * hidden * hidden + 3 * hidden * inner)
+    return float(sum(n * per_token + layers * 4 * n * n * hidden for n in lengths))
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in ("onnxruntime", "torch", "transformers", "tokenizers"):
+        try:
+            found[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    found["triton"] = "2.51.0 (nvidia-pytriton 0.7.0)"
+    return found

@@ -1,0 +1,192 @@
+"""Serving a repository, the one way `jina-triton serve`, `jina-triton up` and the container do it.
+
+- Triton starts on the repository's snapshot, held so that a rebuild never prunes it.
+- A supervisor reloads models whose Python stub died; a dead tritonserver is started
+  again (backoff, at most `max_restarts` per minute), after clearing its shared memory.
+- The gateway (OpenAI/Jina API, keys, TLS, metrics) runs beside it when asked for and
+  reports not ready while Triton or any model is down (it reads the status file).
+- SIGINT/SIGTERM stop everything cleanly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jina_triton_build.repository import read_manifest
+from jina_triton_pipeline.internals import limit_env
+
+from .server import Security, ServeError, TritonServer, die_with_parent
+from .supervisor import StubSupervisor
+
+log = logging.getLogger("jina_triton")
+STATUS_ENV = "JINA_TRITON_STATUS_FILE"
+
+
+@dataclass
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"           # Triton's gRPC and metrics
+    http_host: str = "127.0.0.1"      # Triton's HTTP (no TLS)
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    limits: dict = field(default_factory=dict)      # option name -> lowered value
+    ready_timeout: float = 900
+    max_restarts: int = 3             # per minute; more and serve gives up
+    trace_endpoint: str | None = None
+    log_file: Path | None = None
+    gateway: GatewaySettings | None = None
+    metrics_host: str | None = None   # default: host
+    triton_args: list = field(default_factory=list)
+
+
+class RestartBudget:
+    def __init__(self, per_minute: int):
+        self.per_minute, self.times = per_minute, deque()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        while self.times and now - self.times[0] > 60:
+            self.times.popleft()
+        if len(self.times) >= self.per_minute:
+            return False
+        self.times.append(now)
+        return True
+
+    def pause(self) -> float:
+        return min(10.0, 0.5 * 2 ** max(0, len(self.times) - 1))
+
+
+class Status:
+    """What the gateway's /ready reads: Triton up or not, models with a dead stub."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.state = {"triton": "starting", "down": [], "restarts": 0, "pid": os.getpid()}
+        self.write()
+
+    def update(self, **changes) -> None:
+        self.state.update(changes)
+        self.write()
+
+    def write(self) -> None:
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(self.state))
+        os.replace(partial, self.path)
+
+
+def banner(message: str) -> None:
+    log.warning("\n%s\n%s\n%s", "!" * 78, message, "!" * 78)
+
+
+def example_request(http_url: str) -> str:
+    return (f"curl -s http://{http_url}/v2/models/embed_retrieval/infer -H 'Content-Type: application/json' "
+            "-d '{\"inputs\":[{\"name\":\"text\",\"shape\":[1,1],\"datatype\":\"BYTES\","
+            "\"data\":[\"how do I reset my router?\"]}],\"parameters\":{\"input_type\":\"query\","
+            "\"dimensions\":256},\"outputs\":[{\"name\":\"embeddings\"}]}'")
+
+
+def start_gateway(settings: GatewaySettings, server: TritonServer, status: Path, limits: dict) -> subprocess.Popen:
+    """The gateway in its own process: it holds the keys (from the environment or files, never argv)
+    and cuts requests to the repository's limits."""
+    command = [sys.executable, "-m", "jina_triton_serving.gateway", "--triton", server.grpc_url,
+               "--triton-metrics", server.metrics_url, "--host", settings.host, "--port", str(settings.port),
+               "--max-request-tokens", str(limits["max_request_tokens"]), "--max-length", str(limits["max_length"]),
+               *(["--tls-cert", settings.tls_cert, "--tls-key", settings.tls_key] if settings.tls_cert else []),
+               *settings.extra_args]
+    env = {**os.environ, STATUS_ENV: str(status)}
+    if server.security.lock_key:
+        env["JINA_TRITON_LOCK_KEY"] = server.security.lock_key
+    return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+
+
+def effective_limits(manifest: dict, lowered: dict) -> dict:
+    """The repository's limits as this run serves them: lowered, never raised."""
+    built = manifest["options"]
+    return {name: min(built[name], value) if value else built[name]
+            for name, value in {**{n: None for n in ("max_length", "max_request_tokens")}, **lowered}.items()
+            if name in built}
+
+
+def serve(repository: Path, settings: ServeSettings) -> int:
+    manifest = read_manifest(repository)
+    if manifest["checkpoint"]["synthetic"]:
+        banner(f"SERVING A {manifest['checkpoint']['label']}")
+    env = {limit_env(name): str(value) for name, value in settings.limits.items() if value}
+    security = Security(tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_client_ca=settings.tls_client_ca)
+    with tempfile.TemporaryDirectory(prefix="jina-triton-") as runtime:
+        server = TritonServer(repository, host=settings.host, http_host=settings.http_host,
+                              http_port=settings.http_port, grpc_port=settings.grpc_port,
+                              metrics_port=settings.metrics_port, env=env, security=security,
+                              log_file=settings.log_file, trace_endpoint=settings.trace_endpoint,
+                              metrics_host=settings.metrics_host, extra_args=list(settings.triton_args))
+        status = Status(Path(runtime) / "status.json")
+        gateway = None
+
+        def stop(signum, _frame):  # no waiting in here: the main thread waits below
+            server.stop_requested = True
+            log.info("signal %d: stopping", signum)
+            server.terminate()
+            if gateway and gateway.poll() is None:
+                gateway.terminate()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        budget = RestartBudget(settings.max_restarts)
+        code = 0
+        while not server.stop_requested:
+            server.start()
+            try:
+                server.wait_ready(settings.ready_timeout)
+            except ServeError:
+                if server.stop_requested:
+                    break
+                raise
+            status.update(triton="up", down=[])
+            StubSupervisor(server, on_change=lambda down: status.update(down=down)).start()
+            if settings.gateway and gateway is None:
+                gateway = start_gateway(settings.gateway, server, status.path,
+                                        effective_limits(manifest, settings.limits))
+                log.info("gateway: http%s://%s:%d/v1/embeddings", "s" if settings.gateway.tls_cert else "",
+                         settings.gateway.host, settings.gateway.port)
+            log.info("ready: gRPC %s, HTTP http://%s, metrics %s", server.grpc_url, server.http_url, server.metrics_url)
+            log.info("try: %s", example_request(server.http_url))
+            code = server.wait()
+            if server.stop_requested:
+                break
+            status.update(triton="restarting", restarts=status.state["restarts"] + 1)
+            cleared = server.clear_shm()
+            log.error("tritonserver exited with code %s; cleared %d shared-memory region(s) it left", code,
+                      len(cleared))
+            if not budget.allow():
+                log.error("tritonserver died %d times within a minute: giving up", settings.max_restarts)
+                break
+            pause = budget.pause()
+            log.warning("restarting tritonserver in %.1f s", pause)
+            time.sleep(pause)
+        if gateway and gateway.poll() is None:
+            gateway.terminate()
+            gateway.wait(30)
+        stopped = server.stop_requested
+        server.stop()  # its shared memory cleared, its snapshot released
+        return 0 if stopped else (code or 1)
