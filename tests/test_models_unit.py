@@ -58,12 +58,15 @@ def test_unexpected_failure_is_internal_with_an_id_in_the_log(preprocess, monkey
 
     monkeypatch.setattr(preprocess.step, "tokenizer", explode)
     Logger.lines.clear()
-    response = preprocess.execute([Request({"text": texts("boom")}, request_id="req-42")])[0]
+    response, forwarded = preprocess.execute([Request({"text": texts("boom")}, request_id="req-42"),
+                                              Request({"text": texts("boom")}, {"x-request-id": "from-gateway-7"})])
     message = response.error.message()
     assert response.error.code() == "INTERNAL" and "secret" not in message and "/" not in message
     incident = re.fullmatch(r"internal error, id ([0-9a-f]{12}) \(see the server log\)", message).group(1)
     assert any(incident in line and "secret detail" in line and "Traceback" in line and "req-42" in line
                for line in Logger.lines)
+    assert forwarded.error.code() == "INTERNAL"  # the header the gateway forwards names it in the log
+    assert any("from-gateway-7" in line for line in Logger.lines)
 
 
 def _ids(*rows):

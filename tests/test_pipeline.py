@@ -15,6 +15,16 @@ from jina_triton_pipeline.tokenization import TextTokenizer
 LONG = " ".join(f"token{i}" for i in range(200)) + " é 😀 终"
 
 
+def _long_multilingual() -> list[str]:
+    """Long texts in several scripts, far over the test max length: truncation meets the real vocabulary."""
+    from jina_triton_build.corpus import corpus_entries
+
+    by_lang: dict[str, list[str]] = {}
+    for lang, sentence in corpus_entries():
+        by_lang.setdefault(lang, []).append(sentence)
+    return [" ".join(by_lang[lang][:12]) for lang in ("de", "zh", "ar", "ru", "ja") if lang in by_lang]
+
+
 @pytest.fixture(scope="module")
 def text_tokenizer(tiny_checkpoint_dir):
     return TextTokenizer(tiny_checkpoint_dir / "tokenizer.json", max_length=48)
@@ -40,7 +50,8 @@ TEXTS = st.one_of(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), 
 @pytest.mark.parametrize("input_type", ["query", "document"])
 @pytest.mark.parametrize("truncate", ["END", "START"])
 def test_tokenization_equals_the_reference(text_tokenizer, reference, input_type, truncate):
-    texts = sample_texts() + [LONG]
+    texts = sample_texts() + [LONG] + _long_multilingual()
+    assert len(texts) >= 12
     batch = text_tokenizer(texts, input_type, truncate)
     want = reference.tokenize(texts, input_type, truncate, max_length=48)
     np.testing.assert_array_equal(batch.attention_mask, want["attention_mask"].numpy())

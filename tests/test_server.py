@@ -121,6 +121,7 @@ def test_metrics_and_statistics(triton):
         metrics = reply.read().decode()
     assert 'nv_inference_request_success{model="embed_retrieval",version="1"}' in metrics
     assert 'nv_inference_queue_duration_us{model="encoder_retrieval",version="1"}' in metrics
+    assert 'nv_inference_request_summary_us' in metrics  # latency summaries are on
     values = token_totals(metrics, "encoder_retrieval")
     assert values["real"] >= 1 and values["computed"] >= values["real"]
     stats = grpcclient.InferenceServerClient(triton.grpc_url).get_inference_statistics(

@@ -205,25 +205,18 @@ def served(server, texts: list[Text], task: str, concurrency: int, repeats: int,
 def through_gateway(url: str, server, texts: list[Text], task: str, concurrency: int, repeats: int,
                     flops: float, documents_per_request: int = 4) -> Run:
     """The same requests as `served`, as OpenAI-shaped HTTP calls with base64 vectors."""
-    import http.client
-    import threading
+    from .http_client import HttpInfer
 
-    host_port = url.split("://", 1)[1]
-    local = threading.local()
-    jina_task = "retrieval.query" if task == "retrieval" else task
+    http = HttpInfer(url.split("://", 1)[1])
 
     def post(group: list[Text]) -> None:
-        if not hasattr(local, "connection"):
-            local.connection = http.client.HTTPConnection(host_port, timeout=600)
+        jina_task = ("retrieval.query" if group[0].input_type == "query" else "retrieval.passage") \
+            if task == "retrieval" else task
         body = {"model": "jina-embeddings-v5-text-nano", "input": [t.text for t in group],
-                "encoding_format": "base64",
-                "task": ("retrieval.query" if group[0].input_type == "query" else "retrieval.passage")
-                if task == "retrieval" else jina_task}
-        local.connection.request("POST", "/v1/embeddings", json.dumps(body), {"Content-Type": "application/json"})
-        reply = local.connection.getresponse()
-        payload = reply.read()
-        if reply.status != 200:
-            raise RuntimeError(f"gateway answered {reply.status}: {payload[:300]!r}")
+                "encoding_format": "base64", "task": jina_task}
+        status, _, payload = http.post("/v1/embeddings", json.dumps(body).encode())
+        if status != 200:
+            raise RuntimeError(f"gateway answered {status}: {payload[:300]!r}")
 
     def send(group: list[Text]) -> float:
         started = time.perf_counter()

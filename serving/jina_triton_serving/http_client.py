@@ -22,20 +22,28 @@ class HttpInfer:
             self.local.connection = http.client.HTTPConnection(self.address, timeout=self.timeout)
         return self.local.connection
 
+    def post(self, path: str, body: bytes) -> tuple[int, http.client.HTTPResponse, bytes]:
+        """POST on this thread's connection; a connection the server closed while idle is reopened once."""
+        for attempt in (0, 1):
+            connection = self._connection()
+            try:
+                connection.request("POST", path, body, {"Content-Type": "application/json"})
+                reply = connection.getresponse()
+                return reply.status, reply, reply.read()
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                del self.local.connection
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     def infer(self, model: str, texts: list[str], outputs: list[str], parameters: dict | None = None) -> dict:
         body = json.dumps({"inputs": [{"name": "text", "shape": [len(texts), 1], "datatype": "BYTES", "data": texts}],
                            "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
                            "parameters": parameters or {}}).encode()
-        connection = self._connection()
-        try:
-            connection.request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
-            reply = connection.getresponse()
-            payload = reply.read()
-        except (OSError, http.client.HTTPException):
-            del self.local.connection
-            raise
-        if reply.status != 200:
-            raise RuntimeError(f"{model}: HTTP {reply.status}: {payload[:300]!r}")
+        status, reply, payload = self.post(f"/v2/models/{model}/infer", body)
+        if status != 200:
+            raise RuntimeError(f"{model}: HTTP {status}: {payload[:300]!r}")
         header_length = int(reply.getheader("Inference-Header-Content-Length", len(payload)))
         header = json.loads(payload[:header_length])
         found, offset = {}, header_length

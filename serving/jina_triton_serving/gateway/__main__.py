@@ -68,7 +68,7 @@ def run(args) -> int:
         return 2
     uvicorn.run(create_app(config_from(args)), host=args.host, port=args.port, log_level="warning",
                 access_log=False, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, timeout_keep_alive=75)  # longer than load balancers' idle 60 s
     return 0
 
 
