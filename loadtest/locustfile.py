@@ -123,8 +123,11 @@ class TritonGrpcUser(User):
         from jina_triton_client import EmbeddingClient, RetryPolicy
 
         self.rng = random.Random(id(self))
-        retry = RetryPolicy(retries=12, backoff=0.5, max_backoff=5.0)  # rides out a ~10 s server restart
+        retry = RetryPolicy(retries=20, backoff=0.5, max_backoff=3.0)  # rides out a ~40 s server restart
         self.client = EmbeddingClient(self.host.removeprefix("grpc://"), retry=retry, timeout=300)
+
+    def on_stop(self):
+        self.client.close()  # a gRPC channel left open under gevent can hang the interpreter's exit
 
     @task
     def embed(self):

@@ -95,6 +95,8 @@ def test_a_request_that_crashed_a_stub_twice_is_not_retried():
     attempts = _attempts(retries=6)
     attempts.endpoint()
     attempts.failed(Answer("INTERNAL", "Stub process 'encoder_retrieval_0_0' is not healthy."))
+    attempts.index = 0  # back on the same endpoint before the supervisor reloaded: the same dead stub
+    attempts.failed(Answer("INTERNAL", "Stub process 'encoder_retrieval_0_0' is not healthy."))
     attempts.endpoint()
     attempts.failed(Answer("NOT_FOUND", "Request for unknown model: 'x' has no available versions"))
     attempts.endpoint()

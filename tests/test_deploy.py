@@ -41,6 +41,8 @@ def test_the_built_wheels_install_into_a_fresh_venv_and_build_and_serve(tmp_path
         built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                                 "-w", str(wheels), str(source)], capture_output=True, text=True, cwd=tmp_path)
         assert built.returncode == 0, built.stderr[-2000:]
+    assert sorted(p.name for p in (REPO_ROOT / "build").iterdir() if p.name != "__pycache__") == ["jina_triton_build"], \
+        "setuptools wrote its scratch files into the source folder build/"
     project = next(wheels.glob("jina_triton-*.whl"))
     import zipfile
 

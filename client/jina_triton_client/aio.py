@@ -20,7 +20,7 @@ class AsyncEmbeddingClient(Connection):
 
     def _client(self, index: int):
         if index not in self._clients:
-            self._clients[index] = self._grpc.InferenceServerClient(self.endpoints.items[index], **self.tls)
+            self._clients[index] = self._grpc.InferenceServerClient(self.endpoints.items[index], **self.channel)
         return self._clients[index]
 
     async def embed(self, texts, task: str = DEFAULT_TASK, input_type: str = DEFAULT_INPUT_TYPE,

@@ -26,7 +26,7 @@ class EmbeddingClient(Connection):
         if clients is None:
             clients = self._local.clients = {}
         if index not in clients:
-            clients[index] = self._grpc.InferenceServerClient(self.endpoints.items[index], **self.tls)
+            clients[index] = self._grpc.InferenceServerClient(self.endpoints.items[index], **self.channel)
         return clients[index]
 
     def embed(self, texts, task: str = DEFAULT_TASK, input_type: str = DEFAULT_INPUT_TYPE,

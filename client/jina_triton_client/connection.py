@@ -10,6 +10,15 @@ from .planning import Limits
 from .requests import Request
 from .retry import Attempts, RetryPolicy, RoundRobin, endpoint_list
 
+_UNLIMITED = 2**31 - 1
+# gRPC's own reconnect backoff grows to 120 s: a client that saw a server restart would keep
+# failing fast with "connection refused" long after the server is back. Cap it at one second.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", _UNLIMITED), ("grpc.max_receive_message_length", _UNLIMITED),
+    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 
 class Connection:
     """Connection settings of both clients.
@@ -29,8 +38,9 @@ class Connection:
         self.retry = retry or RetryPolicy()
         self.max_in_flight = max(1, max_in_flight)
         self.limits = limits or Limits()
-        self.tls = {"ssl": ssl or bool(root_certificates), "root_certificates": root_certificates,
-                    "private_key": private_key, "certificate_chain": certificate_chain}
+        self.channel = {"ssl": ssl or bool(root_certificates), "root_certificates": root_certificates,
+                        "private_key": private_key, "certificate_chain": certificate_chain,
+                        "channel_args": CHANNEL_ARGS}
         self.headers = {name.lower(): value for name, value in (headers or {}).items()}
 
     def deadline(self) -> float | None:

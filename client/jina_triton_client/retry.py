@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from .validation import InvalidArgument
 RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")   # overloaded, restarting, queue full or timed out
 STUB_CRASH = ("INTERNAL", "is not healthy")          # a Python stub died while serving this request
 RELOADING = ("NOT_FOUND", "has no available versions")  # the model is being reloaded after a crash
+DEAD_INSTANCE = re.compile(r"Stub process '([^']+)' is not healthy")
+SAME_CRASH_S = 10.0  # a dead instance answers "not healthy" until it is reloaded: one crash, not several
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Attempts:
         self.policy, self.endpoints, self.indices, self.deadline = policy, endpoints, indices, deadline
         self.retried = 0
         self.crashes = 0
+        self.dead: dict[tuple[int | None, str], float] = {}  # (endpoint, instance) -> when it first failed us
         self.index: int | None = None
 
     def endpoint(self) -> int:
@@ -93,7 +97,7 @@ class Attempts:
         reloading = (failure.status, RELOADING[1] in failure.message) == (RELOADING[0], True)
         if (failure.status not in RETRYABLE and not crashed and not reloading) or "is restricted" in failure.message:
             raise failure from None  # a bad request or a missing key stays so however often we ask
-        if crashed:
+        if crashed and self._new_crash(failure.message):
             self.crashes += 1
             if self.crashes > self.policy.stub_crashes:
                 raise EmbeddingError(failure.status, failure.message + "; not retried: a stub died on this "
@@ -107,3 +111,14 @@ class Attempts:
         if self.deadline is not None and time.monotonic() + pause >= self.deadline:
             raise failure from None
         return pause
+
+    def _new_crash(self, message: str) -> bool:
+        """False when the instance that failed was seen dead moments ago (not reloaded yet)."""
+        named = DEAD_INSTANCE.search(message)
+        key = (self.index, named.group(1) if named else message)
+        now = time.monotonic()
+        first = self.dead.get(key)
+        if first is not None and now - first < SAME_CRASH_S:
+            return False
+        self.dead[key] = now
+        return True

@@ -302,19 +302,22 @@ class TritonServer:
                 pass
         return removed
 
-    def stubs(self) -> dict[tuple[str, str], int]:
-        """Live Python-backend stubs of this server: (model, version) -> how many."""
-        counts: dict[tuple[str, str], int] = {}
+    def stub_pids(self) -> dict[tuple[str, str], set[int]]:
+        """Live Python-backend stubs of this server: (model, version) -> their pids."""
+        found: dict[tuple[str, str], set[int]] = {}
         for pid in descendants(self.process.pid):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:
+            if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:  # a zombie has no argv
                 version = Path(argv[1].decode()).parent  # .../<model>/<version>/model.py
-                key = (version.parent.name, version.name)
-                counts[key] = counts.get(key, 0) + 1
-        return counts
+                found.setdefault((version.parent.name, version.name), set()).add(pid)
+        return found
+
+    def stubs(self) -> dict[tuple[str, str], int]:
+        """How many live stubs each (model, version) has."""
+        return {key: len(pids) for key, pids in self.stub_pids().items()}
 
     def repository_index(self) -> dict[tuple[str, str], str]:
         """(model, version) -> state (READY, UNAVAILABLE, ...) from the repository API."""

@@ -3,26 +3,77 @@
 Triton 2.51 does not restart a dead Python stub: its model answers "Stub process ...
 is not healthy" for good. The supervisor notices a stub gone from the process tree and
 reloads that model (unload, then load: a plain load of an unchanged model is a no-op),
-backing off when a reload fails and logging what it does. Stubs are counted per model
+backing off when a reload fails and logging what it does. Stubs are watched per model
 version: a version that is not READY (an admin unloaded it, a new version replaced it, it is
 loading) is left alone.
+
+When a request was running on the stub that died, Triton never finishes unloading the
+broken instance: its surviving stubs linger (holding the model's memory) and the dead one
+stays a zombie. Those survivors serve nobody once the reload is done; the supervisor
+stops them as soon as they have been idle for a few seconds, which lets the unload finish.
 """
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 import urllib.error
+from pathlib import Path
 
 log = logging.getLogger("jina_triton.supervisor")
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU ticks of a process; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Retired:
+    """Stubs of a replaced instance: stopped once idle for `idle_s` (a busy one finishes first)."""
+
+    def __init__(self, idle_s: float):
+        self.idle_s = idle_s
+        self.watch: dict[int, tuple[int | None, float]] = {}  # pid -> (ticks, idle since)
+
+    def add(self, pids) -> None:
+        for pid in pids:
+            self.watch[pid] = (cpu_ticks(pid), time.monotonic())
+
+    def pids(self) -> set[int]:
+        return set(self.watch)
+
+    def sweep(self, model_of) -> None:
+        now = time.monotonic()
+        for pid, (ticks, since) in list(self.watch.items()):
+            current = cpu_ticks(pid)
+            if current is None:
+                del self.watch[pid]
+            elif current != ticks:
+                self.watch[pid] = (current, now)
+            elif now - since >= self.idle_s:
+                log.warning("stopping an idle stub of the replaced %s instance (pid %d) so its unload can finish",
+                            model_of(pid), pid)
+                del self.watch[pid]
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
 class StubSupervisor:
-    def __init__(self, server, interval: float = 1.0, max_backoff: float = 30.0, on_change=None):
+    def __init__(self, server, interval: float = 1.0, max_backoff: float = 30.0, on_change=None,
+                 retire_idle_s: float = 5.0):
         self.server, self.interval, self.max_backoff = server, interval, max_backoff
         self.on_change = on_change or (lambda down: None)
         self.down: list[str] = []
         self.reloads = 0
+        self.retired = Retired(retire_idle_s)
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self._run, name="stub-supervisor", daemon=True)
@@ -34,38 +85,50 @@ class StubSupervisor:
 
     def _run(self) -> None:
         process = self.server.process
-        expected = self.server.stubs()
-        failures: dict[str, int] = {}
-        next_try: dict[str, float] = {}
+        expected: dict[tuple[str, str], set[int]] = {}
+        failures: dict[tuple[str, str], int] = {}
+        next_try: dict[tuple[str, str], float] = {}
+        models: dict[int, str] = {}
         while self._alive(process):
-            time.sleep(self.interval)
-            current = self.server.stubs()
-            missing = {key for key, count in expected.items() if current.get(key, 0) < count}
+            current = {key: pids - self.retired.pids() for key, pids in self.server.stub_pids().items()}
+            for key, pids in current.items():
+                models.update(dict.fromkeys(pids, key[0]))
+                if len(pids) >= len(expected.get(key, ())):  # late instances, an admin's reload: watch these
+                    expected[key] = pids
+            missing = {key for key, pids in expected.items() if len(current.get(key, ())) < len(pids)}
             for key in sorted(missing):
                 if time.monotonic() < next_try.get(key, 0.0) or not self._alive(process):
                     continue
-                model = key[0]
                 try:
-                    state = self.server.repository_index().get(key)
-                    if state != "READY":
-                        log.info("%s version %s has fewer stubs and is %s: left alone (unloaded or replaced)",
-                                 model, key[1], state or "gone")
+                    if self._reload(key, current.get(key, set())):
+                        expected[key] = self.server.stub_pids().get(key, set()) - self.retired.pids()
+                    else:
                         expected.pop(key, None)
-                        missing.discard(key)
-                        continue
-                    self.server.model_action(model, "unload")
-                    self.server.model_action(model, "load")
-                    self.reloads += 1
+                    missing.discard(key)
                     failures.pop(key, None)
-                    log.warning("a Python stub of %s died: model reloaded", model)
                 except (urllib.error.URLError, OSError) as exc:
                     failures[key] = failures.get(key, 0) + 1
                     pause = min(self.max_backoff, 2.0 ** failures[key])
                     next_try[key] = time.monotonic() + pause
-                    log.error("reloading %s failed (%s); next try in %.0f s", model, exc, pause)
+                    log.error("reloading %s failed (%s); next try in %.0f s", key[0], exc, pause)
+            self.retired.sweep(lambda pid: models.get(pid, "?"))
             down = sorted({model for model, _ in missing})
             if down != self.down:
                 self.down = down
                 self.on_change(down)
-            for key, count in self.server.stubs().items():  # instances come up late, admins load models
-                expected[key] = max(count, expected.get(key, 0))
+            time.sleep(self.interval)
+
+    def _reload(self, key: tuple[str, str], survivors: set[int]) -> bool:
+        """Reload a READY model version that lost a stub; False when it is not READY (left alone)."""
+        model = key[0]
+        state = self.server.repository_index().get(key)
+        if state != "READY":
+            log.info("%s version %s has fewer stubs and is %s: left alone (unloaded or replaced)",
+                     model, key[1], state or "gone")
+            return False
+        self.server.model_action(model, "unload")
+        self.server.model_action(model, "load")
+        self.reloads += 1
+        self.retired.add(survivors & self.server.stub_pids().get(key, set()))
+        log.warning("a Python stub of %s died: model reloaded", model)
+        return True

@@ -1,1 +1,0 @@
-"""The OpenAI- and Jina-compatible embeddings API in front of the Triton ensembles."""
