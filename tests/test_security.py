@@ -117,6 +117,7 @@ def test_without_the_key_nobody_changes_or_reads_the_setup(secure, certificates,
                  lambda: http.get_inference_statistics(headers={"admin-key": key} if key else None)):
         with pytest.raises(InferenceServerException, match="admin-key"):
             call()
+    http.close()  # an open keep-alive connection holds Triton's shutdown for its 30 s exit timeout
     assert client.is_model_ready("embed_clustering")
 
 
