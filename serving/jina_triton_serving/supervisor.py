@@ -8,9 +8,9 @@ version: a version that is not READY (an admin unloaded it, a new version replac
 loading) is left alone.
 
 When a request was running on the stub that died, Triton never finishes unloading the
-broken instance: its surviving stubs linger (holding the model's memory) and the dead one
-stays a zombie. Those survivors serve nobody once the reload is done; the supervisor
-stops them as soon as they have been idle for a few seconds, which lets the unload finish.
+broken instance: its surviving stubs linger, holding the model's memory. They serve nobody
+once the reload is done; the supervisor stops them as soon as they have been idle for a few
+seconds (Triton may leave them as zombies, which hold no memory).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class Retired:
             elif current != ticks:
                 self.watch[pid] = (current, now)
             elif now - since >= self.idle_s:
-                log.warning("stopping an idle stub of the replaced %s instance (pid %d) so its unload can finish",
+                log.warning("stopping an idle stub of the replaced %s instance (pid %d): it holds memory, serves none",
                             model_of(pid), pid)
                 del self.watch[pid]
                 try:
