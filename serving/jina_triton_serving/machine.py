@@ -37,23 +37,49 @@ def cpu_identity() -> dict:
     return found
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 8) -> float:
-    """Best fp32 GFLOP/s of a square torch matmul on `threads` threads."""
+def _best_seconds(call, repeats: int) -> float:
+    call()  # warm
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def matmul_peaks(threads: int, size: int = 2048, repeats: int = 8) -> dict[str, float]:
+    """Best fp32 GFLOP/s of a square matmul on `threads` threads, per library: torch, and onnxruntime
+    (MLAS, the CPU engines' own kernels; on some hosts it is the faster of the two)."""
     import torch
 
+    flop = 2 * size ** 3
+    peaks = {}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         a, b = torch.randn(size, size), torch.randn(size, size)
-        a @ b  # warm
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - started)
-        return 2 * size ** 3 / best / 1e9
+        peaks["torch"] = flop / _best_seconds(lambda: a @ b, repeats) / 1e9
     finally:
         torch.set_num_threads(previous)
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return peaks
+    square = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size]) for name in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", square[:2], square[2:])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                   .SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {"a": a.numpy(), "b": b.numpy()}
+    peaks["onnxruntime"] = flop / _best_seconds(lambda: session.run(None, feeds), repeats) / 1e9
+    return peaks
+
+
+def matmul_peak_gflops(threads: int) -> float:
+    """The best fp32 matmul rate any of the libraries reaches here."""
+    return max(matmul_peaks(threads).values())
 
 
 def encoder_flops(config: dict, lengths) -> float:
