@@ -87,6 +87,8 @@ def test_retries_overload_but_not_bad_requests():
     attempts.endpoint()
     assert attempts.failed(Answer("UNAVAILABLE", "Exceeds maximum queue size")) == 0.0
     attempts.endpoint()
+    assert attempts.failed(Answer("CANCELLED", "CANCELLED")) == 0.0  # a draining server dropped it
+    attempts.endpoint()
     with pytest.raises(EmbeddingError, match="INVALID_ARGUMENT: text\\[9\\]: is empty"):
         attempts.failed(Answer("INVALID_ARGUMENT", "text[1]: is empty"))
 

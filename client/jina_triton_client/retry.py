@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from .errors import EmbeddingError, message_of, remap_text_index, status_of
 from .validation import InvalidArgument
 
-RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")   # overloaded, restarting, queue full or timed out
+# overloaded, restarting, queue full or timed out; CANCELLED: a stopping server dropped the call
+# (this client's own give-up is DEADLINE_EXCEEDED). Embedding a text twice is harmless.
+RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED")
 STUB_CRASH = ("INTERNAL", "is not healthy")          # a Python stub died while serving this request
 RELOADING = ("NOT_FOUND", "has no available versions")  # the model is being reloaded after a crash
 DEAD_INSTANCE = re.compile(r"Stub process '([^']+)' is not healthy")
@@ -102,7 +104,7 @@ class Attempts:
             if self.crashes > self.policy.stub_crashes:
                 raise EmbeddingError(failure.status, failure.message + "; not retried: a stub died on this "
                                      "request twice", failure.endpoint) from None
-        if failure.status == "UNAVAILABLE":
+        if failure.status in ("UNAVAILABLE", "CANCELLED"):
             self.endpoints.mark_down(self.index)
         if self.retried >= self.policy.retries:
             raise failure from None

@@ -85,23 +85,30 @@ class StubSupervisor:
 
     def _run(self) -> None:
         process = self.server.process
-        expected: dict[tuple[str, str], set[int]] = {}
+        # how many stubs each model version runs: its instance count, read once it is steady.
+        # A count above it is a replacement under way (an admin's load starts the new instances
+        # before the old ones go); only a count below it is a stub lost.
+        expected: dict[tuple[str, str], int] = {k: len(v) for k, v in self.server.stub_pids().items()}
+        previous: dict[tuple[str, str], int] = dict(expected)
         failures: dict[tuple[str, str], int] = {}
         next_try: dict[tuple[str, str], float] = {}
         models: dict[int, str] = {}
         while self._alive(process):
+            time.sleep(self.interval)
             current = {key: pids - self.retired.pids() for key, pids in self.server.stub_pids().items()}
+            counts = {key: len(pids) for key, pids in current.items()}
             for key, pids in current.items():
                 models.update(dict.fromkeys(pids, key[0]))
-                if len(pids) >= len(expected.get(key, ())):  # late instances, an admin's reload: watch these
-                    expected[key] = pids
-            missing = {key for key, pids in expected.items() if len(current.get(key, ())) < len(pids)}
+                if key not in expected and counts[key] == previous.get(key):  # a newly loaded version, steady
+                    expected[key] = counts[key]
+            previous = counts
+            missing = {key for key, count in expected.items() if counts.get(key, 0) < count}
             for key in sorted(missing):
                 if time.monotonic() < next_try.get(key, 0.0) or not self._alive(process):
                     continue
                 try:
                     if self._reload(key, current.get(key, set())):
-                        expected[key] = self.server.stub_pids().get(key, set()) - self.retired.pids()
+                        expected[key] = len(self.server.stub_pids().get(key, set()) - self.retired.pids())
                     else:
                         expected.pop(key, None)
                     missing.discard(key)
@@ -116,7 +123,6 @@ class StubSupervisor:
             if down != self.down:
                 self.down = down
                 self.on_change(down)
-            time.sleep(self.interval)
 
     def _reload(self, key: tuple[str, str], survivors: set[int]) -> bool:
         """Reload a READY model version that lost a stub; False when it is not READY (left alone)."""
