@@ -77,11 +77,6 @@ def matmul_peaks(threads: int, size: int = 2048, repeats: int = 8) -> dict[str, 
     return peaks
 
 
-def matmul_peak_gflops(threads: int) -> float:
-    """The best fp32 matmul rate any of the libraries reaches here."""
-    return max(matmul_peaks(threads).values())
-
-
 def encoder_flops(config: dict, lengths) -> float:
     """Floating-point operations to encode texts of these token lengths, each on its own (no padding):
     the projections and MLP per token, plus attention's two T x T products per layer."""

@@ -107,10 +107,11 @@ class StubSupervisor:
                 if time.monotonic() < next_try.get(key, 0.0) or not self._alive(process):
                     continue
                 try:
-                    if self._reload(key, current.get(key, set())):
-                        expected[key] = len(self.server.stub_pids().get(key, set()) - self.retired.pids())
-                    else:
+                    serving = self._reload(key, current.get(key, set()))
+                    if serving is None:
                         expected.pop(key, None)
+                    else:
+                        expected[key] = len(serving)
                     missing.discard(key)
                     failures.pop(key, None)
                 except (urllib.error.URLError, OSError) as exc:
@@ -124,17 +125,19 @@ class StubSupervisor:
                 self.down = down
                 self.on_change(down)
 
-    def _reload(self, key: tuple[str, str], survivors: set[int]) -> bool:
-        """Reload a READY model version that lost a stub; False when it is not READY (left alone)."""
+    def _reload(self, key: tuple[str, str], survivors: set[int]) -> set[int] | None:
+        """Reload a READY model version that lost a stub: the pids of its new stubs; None when it is
+        not READY (left alone)."""
         model = key[0]
         state = self.server.repository_index().get(key)
         if state != "READY":
             log.info("%s version %s has fewer stubs and is %s: left alone (unloaded or replaced)",
                      model, key[1], state or "gone")
-            return False
+            return None
         self.server.model_action(model, "unload")
         self.server.model_action(model, "load")
         self.reloads += 1
-        self.retired.add(survivors & self.server.stub_pids().get(key, set()))
+        now = self.server.stub_pids().get(key, set())
+        self.retired.add(survivors & now)
         log.warning("a Python stub of %s died: model reloaded", model)
-        return True
+        return now - self.retired.pids()
