@@ -118,7 +118,8 @@ def _mixed_executions(triton) -> float:
 
 def test_a_bad_request_fails_alone_inside_a_dynamic_batch(triton):
     stats = grpcclient.InferenceServerClient(triton.grpc_url)
-    before = stats.get_inference_statistics("preprocess", as_json=True)["model_stats"][0]
+    admin = triton.security.grpc_admin_headers()  # statistics are locked like every admin API
+    before = stats.get_inference_statistics("preprocess", headers=admin, as_json=True)["model_stats"][0]
     mixed_before = _mixed_executions(triton)
     bad_kinds = [(batch(b"\xff"), None), (batch(""), None), (batch("a"), {"dimensions": 3}),
                  (batch("b", LONG), {"truncate": "NONE"})]
@@ -147,7 +148,7 @@ def test_a_bad_request_fails_alone_inside_a_dynamic_batch(triton):
         else:
             assert isinstance(result, InferenceServerException)
             assert str(result.status()) == "StatusCode.INVALID_ARGUMENT"
-    after = stats.get_inference_statistics("preprocess", as_json=True)["model_stats"][0]
+    after = stats.get_inference_statistics("preprocess", headers=admin, as_json=True)["model_stats"][0]
     requests = int(after["inference_count"]) - int(before.get("inference_count", 0))
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
     assert executions < requests, "preprocess never batched requests together"

@@ -87,7 +87,7 @@ def test_the_gateway_holds_the_keys_and_none_is_on_a_command_line(serving):
     assert f"--grpc-port={serving['ports']['grpc']}" in listing  # Triton is running
     assert API_KEY not in listing and ADMIN_KEY not in listing
     triton = next(line for line in listing.splitlines() if f"--grpc-port={serving['ports']['grpc']}" in line)
-    assert "restricted" not in triton  # loopback only: no lock key either
+    assert "--grpc-restricted-protocol=model-repository" in triton  # locked on loopback too, with a throwaway key
     pids = [int(p) for p in subprocess.run(["pgrep", "-f", f"--grpc-port={serving['ports']['grpc']}"],
                                            capture_output=True, text=True).stdout.split()]
     for pid in pids:  # nor in Triton's environment
@@ -95,14 +95,29 @@ def test_the_gateway_holds_the_keys_and_none_is_on_a_command_line(serving):
         assert API_KEY.encode() not in environ and ADMIN_KEY.encode() not in environ
 
 
+def _triton_pid(grpc_port: int) -> int:
+    return int(subprocess.run(["pgrep", "-f", f"tritonserver.*--grpc-port={grpc_port}"], capture_output=True,
+                              text=True).stdout.split()[0])
+
+
+def _regions(pid: int, prefix: str) -> set[str]:
+    """This server's shared-memory regions, in its own /dev/shm when it has one, and on the host's."""
+    found = set()
+    for folder in (Path(f"/proc/{pid}/root/dev/shm"), Path("/dev/shm")):
+        try:
+            found |= {path.name for path in folder.glob(prefix + "*")}
+        except OSError:
+            pass
+    return found
+
+
 def test_a_dead_tritonserver_comes_back_and_readiness_says_so(serving):
     grpc = serving["ports"]["grpc"]
-    pid = int(subprocess.run(["pgrep", "-f", f"tritonserver.*--grpc-port={grpc}"], capture_output=True,
-                             text=True).stdout.split()[0])
+    pid = _triton_pid(grpc)
     prefix = next(part for part in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
                   if "shm-region-prefix-name" in part).rsplit("=", 1)[1]
-    regions = len(list(Path("/dev/shm").glob(prefix + "*")))
-    assert regions > 0, (prefix, sorted(os.listdir("/dev/shm")))
+    before = _regions(pid, prefix)
+    assert before, (prefix, sorted(os.listdir("/dev/shm")))
     os.kill(pid, signal.SIGKILL)
     assert _wait(lambda: _get(f"{serving['gateway']}/ready")[0] == 503, 30), "readiness did not drop"
     http = f"http://127.0.0.1:{serving['ports']['http']}/v2/health/ready"
@@ -110,7 +125,10 @@ def test_a_dead_tritonserver_comes_back_and_readiness_says_so(serving):
     assert _wait(lambda: _get(f"{serving['gateway']}/ready")[0] == 200, 60)
     log = serving["log"].read_text()
     assert "tritonserver exited with code" in log and "restarting tritonserver" in log
-    assert len(list(Path("/dev/shm").glob(prefix + "*"))) <= regions  # the dead server's regions were cleared
+    left = {path.name for path in Path("/dev/shm").glob(prefix + "*")}
+    assert not left & before, "the dead server's regions were left on /dev/shm"
+    after = _regions(_triton_pid(grpc), prefix)
+    assert after and not after & before  # the new server's regions are new ones
 
 
 def test_sigterm_stops_everything(serving):

@@ -200,9 +200,10 @@ def _strict(schema):
     return schema
 
 
-@pytest.mark.parametrize("manifest, schema", [("inferenceservice.yaml", "kserve-inferenceservice-v1beta1"),
-                                              ("servingruntime.yaml", "kserve-servingruntime-v1alpha1")])
-def test_kserve_manifests_validate_against_kserves_crd_schemas(manifest, schema, tmp_path):
+@pytest.mark.parametrize("manifest, schema, field", [
+    ("inferenceservice.yaml", "kserve-inferenceservice-v1beta1", "storageUri"),
+    ("servingruntime.yaml", "kserve-servingruntime-v1alpha1", "supportedModelFormats")])
+def test_kserve_manifests_validate_against_kserves_crd_schemas(manifest, schema, field, tmp_path):
     loaded = json.loads(gzip.decompress((KUBERNETES / "schemas" / f"{schema}.json.gz").read_bytes()))
     strict = tmp_path / "schema.json"
     strict.write_text(json.dumps(_strict(loaded)))
@@ -211,7 +212,8 @@ def test_kserve_manifests_validate_against_kserves_crd_schemas(manifest, schema,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     broken = tmp_path / "broken.yaml"
-    broken.write_text(path.read_text().replace("protocolVersion", "protocolVersionn"))
+    assert field in path.read_text()
+    broken.write_text(path.read_text().replace(field, field + "x"))
     result = subprocess.run([str(BIN / "check-jsonschema"), "--schemafile", str(strict), str(broken)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0, "the strict schema lets a typo through"
@@ -235,3 +237,106 @@ def test_the_picker_takes_the_python_whose_libpython_the_stub_loads():
     pyenv = Path.home() / ".pyenv" / "versions" / "3.11.7" / "bin" / "python3.11"
     if pyenv.is_file():  # this machine kind's trap (platform-notes §9)
         assert "not at its own" in picker.why_not(str(pyenv), loader)
+
+
+# -- closed by default, in what platforms run ------------------------------------------------
+def test_the_kserve_runtime_puts_the_gateway_in_front_of_a_locked_triton():
+    """Not bare tritonserver on 0.0.0.0 (no key, open admin APIs): `jina-triton serve`, whose Triton
+    stays on loopback with its admin APIs locked, behind the gateway and its keys."""
+    runtime = yaml.safe_load((KUBERNETES / "kserve" / "servingruntime.yaml").read_text())
+    container = runtime["spec"]["containers"][0]
+    argv = container["command"] + container["args"]
+    assert argv[:2] == ["jina-triton", "serve"] and "tritonserver" not in argv
+    from jina_triton_serving.cli import parser
+
+    args = parser().parse_args(argv[1:])
+    assert args.api_key_file and args.gateway_host == "0.0.0.0" and args.host == "127.0.0.1" and not args.http_host
+    assert not args.allow_anonymous and not args.allow_insecure_http
+    assert [port["containerPort"] for port in container["ports"]] == [args.gateway_port]
+    assert not runtime["spec"].get("hostIPC")
+
+
+def test_the_gpu_image_is_built_on_a_triton_past_the_august_2025_security_release():
+    text = (DOCKER / "Dockerfile.gpu").read_text()
+    base = re.search(r"^ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:(\d+)\.(\d+)-py3$", text, re.MULTILINE)
+    assert base and (int(base.group(1)), int(base.group(2))) >= (25, 7), "Triton 25.07 fixed CVE-2025-23319/23310"
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.MULTILINE)
+
+
+def test_compose_publishes_only_the_gateway_and_grafana_has_no_open_door():
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            published = str(port)
+            assert published.startswith("127.0.0.1:") or published == "8080:8080", (name, published)
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and "GF_SECURITY_ADMIN_PASSWORD" not in grafana
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"].startswith("/run/secrets/")
+
+
+def test_no_container_of_the_pod_sees_the_servers_processes():
+    for overlay in ("cpu", "gpu"):
+        pod = next(doc for doc in _rendered(overlay) if doc["kind"] == "Deployment")["spec"]["template"]["spec"]
+        assert pod["shareProcessNamespace"] is False and pod["hostPID"] is False and pod["hostIPC"] is False
+
+
+@pytest.fixture
+def read_only_copy(tiny_repository, tmp_path):
+    """A built repository on a read-only mount, as the Deployment mounts /models."""
+    import shutil
+
+    source, mounted = tmp_path / "source", tmp_path / "models"
+    shutil.copytree(Path(tiny_repository).resolve(), source)
+    mounted.mkdir()
+    try:
+        subprocess.run(["mount", "--bind", str(source), str(mounted)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mounted)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no read-only bind mount here (needs root or CAP_SYS_ADMIN): {exc}")
+    try:
+        with pytest.raises(OSError):
+            (mounted / "probe").write_text("x")
+        yield mounted
+    finally:
+        subprocess.run(["umount", "-l", str(mounted)], capture_output=True)
+
+
+@pytest.mark.server
+def test_the_deployments_server_command_serves_a_read_only_repository(read_only_copy, tmp_path):
+    """The server container's command as the Deployment has it, paths mapped to this machine."""
+    import signal
+    import time
+    import urllib.request
+
+    deployment = yaml.safe_load((KUBERNETES / "base" / "deployment.yaml").read_text())
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    (tmp_path / "api-keys").write_text("deploy-test-key\n")
+    (tmp_path / "admin-key").write_text("deploy-admin-key\n")
+    mapping = {"/models/repository": str(read_only_copy), "/keys/api-keys": str(tmp_path / "api-keys"),
+               "/keys/admin-key": str(tmp_path / "admin-key")}
+    gateway = free_port()
+    argv = [str(BIN / command[0])] + [mapping.get(arg, arg) for arg in command[1:]] + [
+        "--gateway-port", str(gateway), "--grpc-port", str(free_port()), "--http-port", str(free_port()),
+        "--metrics-port", str(free_port())]
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                               env={k: v for k, v in os.environ.items() if not k.startswith("JINA_TRITON_")})
+    try:
+        deadline, status = time.monotonic() + 240, None
+        while time.monotonic() < deadline and process.poll() is None and status != 200:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{gateway}/ready", timeout=5) as reply:
+                    status = reply.status
+            except OSError:
+                time.sleep(1)
+        assert status == 200, log.read_text()[-3000:]
+        request = urllib.request.Request(f"http://127.0.0.1:{gateway}/v1/embeddings", method="POST",
+                                         data=json.dumps({"input": "read-only", "dimensions": 32}).encode(),
+                                         headers={"Authorization": "Bearer deploy-test-key",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            assert len(json.loads(reply.read())["data"][0]["embedding"]) == 32
+        assert "Traceback" not in log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(90) == 0, log.read_text()[-3000:]

@@ -227,3 +227,16 @@ def test_metrics_timing_headers_logs_and_traces(gateway, api):
 def test_ready_reflects_the_backend(gateway):
     reply = httpx.get(f"{gateway.url}/ready")
     assert reply.status_code == 200 and reply.json()["problems"] == []
+
+
+def test_an_odd_request_id_and_a_long_user_cannot_break_a_response_or_the_log(gateway):
+    """A request id Triton's gRPC metadata cannot carry is replaced (it was a 500); `user` is logged
+    cut to 128 characters whatever its length."""
+    reply = httpx.post(f"{gateway.url}/v1/embeddings", json={"input": "x", "user": "u" * 5000}, timeout=60,
+                       headers={"Authorization": f"Bearer {KEY}", "x-request-id": "caf\xe9-\xff".encode("latin-1")})
+    assert reply.status_code == 200, reply.text
+    replaced = reply.headers["x-request-id"]
+    assert len(replaced) == 32 and replaced.isalnum()
+    line = next(json.loads(line) for line in gateway.log.read_text().splitlines()
+                if line.startswith("{") and f'"request_id": "{replaced}"' in line)
+    assert line["status"] == 200 and line["user"].startswith("u" * 128) and len(line["user"]) <= 131

@@ -125,5 +125,5 @@ def test_metrics_and_statistics(triton):
     values = token_totals(metrics, "encoder_retrieval")
     assert values["real"] >= 1 and values["computed"] >= values["real"]
     stats = grpcclient.InferenceServerClient(triton.grpc_url).get_inference_statistics(
-        "embed_retrieval", as_json=True)
+        "embed_retrieval", headers=triton.security.grpc_admin_headers(), as_json=True)
     assert int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) >= 1

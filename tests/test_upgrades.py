@@ -77,8 +77,9 @@ def test_a_rolling_restart_behind_failover_fails_no_request(tmp_path, tiny_check
         assert not load.failures, load.failures[:3]
         assert len(load.answers) > 20
         for server in servers:
-            config = json.loads(urllib.request.urlopen(
-                f"http://{server.http_url}/v2/models/encoder_retrieval/config", timeout=10).read())
+            config = json.loads(urllib.request.urlopen(urllib.request.Request(
+                f"http://{server.http_url}/v2/models/encoder_retrieval/config",
+                headers=server.security.admin_headers()), timeout=10).read())
             assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 1000
     finally:
         for server in servers:
@@ -126,6 +127,7 @@ def test_a_new_encoder_version_loads_beside_the_old_then_replaces_it(tmp_path, t
         assert all(kind == "new" for kind, begun, _ in kinds if begun > finished + 0.5)
         assert all(kind == "old" for kind, _, ended in kinds if ended < started)
         states = {(e["name"], e.get("version")): e.get("state") for e in json.loads(urllib.request.urlopen(
-            urllib.request.Request(f"http://{server.http_url}/v2/repository/index", data=b"{}", method="POST"),
+            urllib.request.Request(f"http://{server.http_url}/v2/repository/index", data=b"{}", method="POST",
+                                   headers=server.security.admin_headers()),
             timeout=10).read())}
         assert states[("encoder_retrieval", "2")] == "READY" and states[("encoder_retrieval", "1")] != "READY"

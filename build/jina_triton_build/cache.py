@@ -3,15 +3,16 @@ concurrent builds.
 
 - Every file lands under its final name only once complete (written aside, then renamed).
 - One build at a time per entry (an exclusive lock); a second build waits, then reuses.
-- Each file's size and CRC-32 are recorded; a file that no longer matches is rebuilt.
+- Each file's SHA-256 is recorded; a file that no longer matches is rebuilt.
+- The cache is private to its user (mode 0700): what Triton loads from it runs as code.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
-import zlib
 from pathlib import Path
 
 REPORT = "report.json"
@@ -22,14 +23,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("JINA_TRITON_CACHE") or Path.home() / ".cache" / "jina-triton")
 
 
+def private_dir(path: Path) -> Path:
+    """A folder (and its missing parents) only this user can enter."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_uid == os.getuid():
+        path.chmod(0o700)
+    return path
+
+
 def digest(path: Path) -> str:
-    """Size and CRC-32 of the whole file: a content check against torn or truncated writes
-    (not against tampering), fast enough to run on every reuse of gigabyte engines."""
-    crc = 0
+    """SHA-256 of the whole file (about 2 s per gigabyte): a torn, truncated or swapped file is
+    never taken for the one recorded."""
+    found = hashlib.sha256()
     with open(path, "rb") as file:
         while block := file.read(BLOCK):
-            crc = zlib.crc32(block, crc)
-    return f"{path.stat().st_size}:{crc:08x}"
+            found.update(block)
+    return f"sha256:{found.hexdigest()}"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -45,7 +54,8 @@ def atomic_write_json(path: Path, value) -> None:
 class CacheEntry:
     def __init__(self, directory: Path):
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory.parent.parent)  # the cache root
+        private_dir(directory)
 
     @contextlib.contextmanager
     def locked(self):

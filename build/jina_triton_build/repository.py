@@ -43,7 +43,6 @@ from .verification import reference_parity
 
 MANIFEST = "manifest.json"
 TENSORRT_CONFIG = "tensorrt"  # configs/tensorrt.pbtxt, picked by --model-config-name=tensorrt
-HOLD_FILE = ".held-by-server"
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -253,24 +252,23 @@ def _publish(snapshot: Path, out: Path) -> None:
 
 @contextlib.contextmanager
 def hold(repository: Path):
-    """Held by a running server: the snapshot it serves is never pruned meanwhile."""
+    """Held by a running server: the snapshot it serves is never pruned meanwhile. The lock is
+    on the snapshot folder itself, so a read-only repository (a Kubernetes volume) is held too."""
     snapshot = Path(repository).resolve()
-    with open(snapshot / HOLD_FILE, "a") as handle:
+    handle = os.open(snapshot, os.O_RDONLY | os.O_DIRECTORY)
+    try:
         fcntl.flock(handle, fcntl.LOCK_SH)
-        try:
-            yield snapshot
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield snapshot
+    finally:
+        os.close(handle)
 
 
 def _held(snapshot: Path) -> bool:
-    file = snapshot / HOLD_FILE
-    if not file.is_file():
-        return False
-    with open(file, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    handle = os.open(snapshot, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)
+    return False

@@ -5,6 +5,7 @@ import asyncio
 import time
 
 from .connection import Connection
+from .errors import EmbeddingError, message_of, status_of
 from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, MAX_DIMENSIONS
 from .planning import Assembler, Embedded, plan_batches
 from .requests import Request, check_request
@@ -73,6 +74,21 @@ class AsyncEmbeddingClient(Connection):
             except Exception:  # noqa: BLE001
                 continue
         return False
+
+    async def model_ready(self, model: str) -> bool:
+        """True when the first endpoint serves `model` (a gateway sits beside one server)."""
+        return await self._client(0).is_model_ready(model, headers=self.headers or None)
+
+    async def control(self, model: str, action: str, headers: dict | None = None) -> None:
+        """Load or unload a model on the first endpoint (Triton's repository API; it may need a key)."""
+        from tritonclient.utils import InferenceServerException
+
+        client = self._client(0)
+        call = {"load": client.load_model, "unload": client.unload_model}[action]
+        try:
+            await call(model, headers={**self.headers, **(headers or {})} or None)
+        except InferenceServerException as exc:
+            raise EmbeddingError(status_of(exc), message_of(exc), self.endpoints.items[0]) from None
 
     async def close(self) -> None:
         for client in self._clients.values():

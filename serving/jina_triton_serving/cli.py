@@ -51,15 +51,12 @@ def serve_settings(args):
 
     gateway = None
     if args.gateway:
-        extra = []
-        for flag in ("api_key_file", "admin_key_file", "max_body_bytes", "max_concurrency"):
-            if getattr(args, flag, None) is not None:
-                extra += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-        gateway = GatewaySettings(args.gateway_host, args.gateway_port, args.gateway_tls_cert,
-                                  args.gateway_tls_key, extra)
+        gateway = GatewaySettings(args.gateway_host, args.gateway_port, args.gateway_tls_cert, args.gateway_tls_key,
+                                  args.api_key_file, args.admin_key_file, args.allow_anonymous)
     return ServeSettings(host=args.host, http_host=args.http_host or "127.0.0.1", http_port=args.http_port,
                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, tls_cert=args.tls_cert,
                          tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                         allow_insecure_http=args.allow_insecure_http,
                          limits={name: getattr(args, name) for name in serve_limits()},
                          ready_timeout=args.ready_timeout, max_restarts=args.max_restarts,
                          trace_endpoint=args.trace_endpoint, gateway=gateway, metrics_host=args.metrics_host)
@@ -220,8 +217,12 @@ def parser() -> argparse.ArgumentParser:
 
 def _server_arguments(parser, add_limits) -> None:
     parser.add_argument("--host", default="127.0.0.1",
-                        help="Triton's gRPC and metrics address (default 127.0.0.1; another one needs --tls-cert)")
-    parser.add_argument("--http-host", help="Triton's HTTP address, which has no TLS (default 127.0.0.1)")
+                        help="Triton's gRPC and metrics address (default 127.0.0.1; another one needs mutual TLS: "
+                             "--tls-cert, --tls-key and --tls-client-ca)")
+    parser.add_argument("--http-host", help="Triton's HTTP address, which has no TLS (default 127.0.0.1; another one "
+                                            "needs --allow-insecure-http)")
+    parser.add_argument("--allow-insecure-http", action="store_true",
+                        help="let Triton's plaintext, unauthenticated HTTP inference listen beyond loopback")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -242,6 +243,8 @@ def _server_arguments(parser, add_limits) -> None:
     parser.add_argument("--api-key-file", help="file with the gateway's API key(s), one per line "
                                                "(or $JINA_TRITON_API_KEY); never on a command line")
     parser.add_argument("--admin-key-file", help="file with the gateway's admin key (or $JINA_TRITON_ADMIN_KEY)")
+    parser.add_argument("--allow-anonymous", action="store_true",
+                        help="let the gateway serve without API keys on an address beyond loopback")
 
 
 def main(argv: list[str] | None = None) -> int:

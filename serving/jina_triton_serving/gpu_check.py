@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "artifacts/gpu-check"),
                         help="report folder (default $OUT)")
     parser.add_argument("--bundle", help="folder from `make gpu-bundle`: Triton, a numpy<2 wheel, the tokenizer")
-    parser.add_argument("--workdir", default="/tmp/jina-gpu-check")
+    parser.add_argument("--workdir", help="where to build (default: a new private folder under $TMPDIR; a fixed "
+                                           "shared path could hold someone else's tritonserver or Python)")
     parser.add_argument("--cpu", action="store_true", help="dry run: tiny replica, PyTorch fp32 on the CPU")
     parser.add_argument("--precision", default="fp16", choices=("fp16", "bf16", "fp32"))
     parser.add_argument("--concurrency", default=None, help="comma-separated (default 16,64; --cpu: 2)")
@@ -47,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # -- the environment ---------------------------------------------------------------
+def workdir_for(args) -> Path:
+    """The given folder, or a fresh one only this user can enter (mode 0700)."""
+    import tempfile
+
+    if args.workdir:
+        return Path(args.workdir)
+    return Path(tempfile.mkdtemp(prefix="jina-gpu-check-"))
+
 def prepare(bundle: Path | None, workdir: Path, log) -> Path | None:
     """With a bundle: unpack Triton (JINA_TRITON_HOME) and make the stubs' venv (numpy<2 first,
     this interpreter's packages after, through a .pth: the 3.12 stub ignores PYTHONPATH).
@@ -196,7 +205,7 @@ def run(args) -> int:
     from .workload import Workload, token_counter
 
     log = logging.getLogger("jina_triton.gpu_check").info
-    out, workdir = Path(args.out), Path(args.workdir)
+    out, workdir = Path(args.out), workdir_for(args)
     out.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     concurrency = [int(c) for c in (args.concurrency or ("2" if args.cpu else "16,64")).split(",")]

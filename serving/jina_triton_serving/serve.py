@@ -37,7 +37,26 @@ class GatewaySettings:
     port: int = 8080
     tls_cert: str | None = None
     tls_key: str | None = None
-    extra_args: list[str] = field(default_factory=list)
+    api_key_file: str | None = None     # else $JINA_TRITON_API_KEY
+    admin_key_file: str | None = None   # else $JINA_TRITON_ADMIN_KEY
+    allow_anonymous: bool = False       # no API key on an address beyond loopback
+
+    def arguments(self) -> list[str]:
+        args = ["--host", self.host, "--port", str(self.port)]
+        for flag, value in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
+                            ("--api-key-file", self.api_key_file), ("--admin-key-file", self.admin_key_file)):
+            args += [flag, value] if value else []
+        return args + (["--allow-anonymous"] if self.allow_anonymous else [])
+
+    def check(self) -> None:
+        """What the gateway would refuse at start, found before Triton starts."""
+        from .gateway.__main__ import GatewayConfigError, check_exposure, read_keys
+
+        try:
+            read_keys(self.admin_key_file, "JINA_TRITON_ADMIN_KEY")
+            check_exposure(self.host, read_keys(self.api_key_file, "JINA_TRITON_API_KEY"), self.allow_anonymous)
+        except (GatewayConfigError, OSError) as exc:
+            raise ServeError(str(exc)) from None
 
 
 @dataclass
@@ -50,6 +69,7 @@ class ServeSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    allow_insecure_http: bool = False  # Triton's HTTP beyond loopback: plaintext, unauthenticated inference
     limits: dict = field(default_factory=dict)      # option name -> lowered value
     ready_timeout: float = 900
     max_restarts: int = 3             # per minute; more and serve gives up
@@ -110,13 +130,9 @@ def start_gateway(settings: GatewaySettings, server: TritonServer, status: Path,
     """The gateway in its own process: it holds the keys (from the environment or files, never argv)
     and cuts requests to the repository's limits."""
     command = [sys.executable, "-m", "jina_triton_serving.gateway", "--triton", server.grpc_url,
-               "--triton-metrics", server.metrics_url, "--host", settings.host, "--port", str(settings.port),
-               "--max-request-tokens", str(limits["max_request_tokens"]), "--max-length", str(limits["max_length"]),
-               *(["--tls-cert", settings.tls_cert, "--tls-key", settings.tls_key] if settings.tls_cert else []),
-               *settings.extra_args]
-    env = {**os.environ, STATUS_ENV: str(status)}
-    if server.security.lock_key:
-        env["JINA_TRITON_LOCK_KEY"] = server.security.lock_key
+               "--triton-metrics", server.metrics_url, *settings.arguments(),
+               "--max-request-tokens", str(limits["max_request_tokens"]), "--max-length", str(limits["max_length"])]
+    env = {**os.environ, STATUS_ENV: str(status), "JINA_TRITON_LOCK_KEY": server.security.lock_key}
     return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
 
 
@@ -130,10 +146,13 @@ def effective_limits(manifest: dict, lowered: dict) -> dict:
 
 def serve(repository: Path, settings: ServeSettings) -> int:
     manifest = read_manifest(repository)
+    if settings.gateway:
+        settings.gateway.check()
     if manifest["checkpoint"]["synthetic"]:
         banner(f"SERVING A {manifest['checkpoint']['label']}")
     env = {limit_env(name): str(value) for name, value in settings.limits.items() if value}
-    security = Security(tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_client_ca=settings.tls_client_ca)
+    security = Security(tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_client_ca=settings.tls_client_ca,
+                        allow_insecure_http=settings.allow_insecure_http)
     with tempfile.TemporaryDirectory(prefix="jina-triton-") as runtime:
         server = TritonServer(repository, host=settings.host, http_host=settings.http_host,
                               http_port=settings.http_port, grpc_port=settings.grpc_port,

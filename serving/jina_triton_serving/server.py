@@ -8,6 +8,7 @@ instead of failing in every model load.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -20,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jina_triton_client.contract import FORWARDED_HEADERS
@@ -32,6 +33,11 @@ GRPC_HEADER_PREFIX = "triton-grpc-protocol-"        # ... over gRPC
 SHM_DIR = Path("/dev/shm")
 SHM_STUB_BYTES = 1 << 20                             # the Python backend's default region per stub
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The environment Triton and the Python stubs inherit: these names and prefixes only.
+STUB_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+                            "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "TOKENIZERS_PARALLELISM",
+                            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "JINA_TRITON_HOME"})
+STUB_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "CUBLAS_", "CUDNN_", "PYTORCH_", "TORCH_", "ORT_")
 
 
 class ServeError(RuntimeError):
@@ -84,27 +90,29 @@ def check_interpreter(stub: Path) -> None:
 
 
 def backend_dir(cache: Path | None = None) -> Path:
-    """A backend directory: the Triton's Python backend plus the stub for this Python."""
+    """A backend directory: the Triton's Python backend plus the stub for this Python.
+
+    Its name is stable (a digest of the Triton it belongs to and of the stub), it is private to
+    this user, and the stub in it is checked by its SHA-256 before every start."""
     triton = triton_home()
     stub = _stub_source(triton)
     check_interpreter(stub)
     if stub.parent == triton / "backends" / "python":
         return triton / "backends"  # already complete (an NGC image)
-    root = cache or Path(os.environ.get("JINA_TRITON_CACHE") or Path.home() / ".cache" / "jina-triton")
-    python = root / "triton-backends" / f"python-{abs(hash(str(triton))) % 10**8}"
-    python.mkdir(parents=True, exist_ok=True)
+    from jina_triton_build.cache import default_cache_dir, digest, private_dir
+
+    stub_digest = digest(stub)
+    name = hashlib.sha256(f"{triton.resolve()}:{stub_digest}".encode()).hexdigest()[:16]
+    root = private_dir(private_dir(private_dir(cache or default_cache_dir()) / "triton-backends") / name)
+    python = private_dir(root / "python")
     for item in (triton / "backends" / "python").iterdir():
         link = python / item.name
-        if item.is_file() and not link.exists():
+        if item.is_file() and not link.is_symlink():
             link.symlink_to(item)
     target = python / STUB
-    if not target.exists() or target.stat().st_size != stub.stat().st_size:
+    if not target.is_file() or digest(target) != stub_digest:
         shutil.copy2(stub, target)
-    backends = python.parent / python.name.replace("python-", "backends-")
-    backends.mkdir(exist_ok=True)
-    if not (backends / "python").exists():
-        (backends / "python").symlink_to(python)
-    return backends
+    return root
 
 
 def free_port() -> int:
@@ -123,6 +131,47 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
+
+
+def enter_private_shm(size: int) -> bool:
+    """In Triton's child before exec: a mount namespace of its own with a fresh tmpfs at /dev/shm.
+
+    The Python backend creates its regions (request texts, embeddings) mode 0644 whatever the
+    umask (boost.interprocess sets the mode itself), so on a shared /dev/shm every local user
+    could read them. In a private mount no other process sees them, and they vanish with the
+    server. Unprivileged users get the mount through a user namespace mapping only their own
+    uid (capabilities in it end at exec). Where neither is allowed (a container's seccomp
+    profile; a container has its own /dev/shm anyway) it changes nothing and returns False."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(CLONE_NEWNS | (0 if uid == 0 else CLONE_NEWUSER)) != 0:
+        return False
+    try:
+        if uid != 0:
+            for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+                with open(f"/proc/self/{name}", "w") as file:
+                    file.write(text)
+    except OSError:
+        return False
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return False
+    options = f"size={size},mode=0700".encode()
+    return libc.mount(b"tmpfs", str(SHM_DIR).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
+
+
+def private_child(shm_size: int | None = None) -> None:
+    """Triton's preexec: dies with its parent, its shared memory private (see `enter_private_shm`), and
+    what else it creates readable by its own user only."""
+    os.umask(0o077)
+    if shm_size:
+        enter_private_shm(shm_size)
+    die_with_parent()
 
 
 def descendants(root: int) -> list[int]:
@@ -146,26 +195,43 @@ def descendants(root: int) -> list[int]:
 @dataclass
 class Security:
     """Who may reach what. No user key is ever on Triton's command line (anyone on the host can
-    read it in `ps`): user keys live in the gateway. Triton listens on loopback unless told
-    otherwise; then its gRPC endpoint needs TLS, and the admin APIs are locked with a
-    throwaway key made at each start (known to this process, which reloads crashed models)."""
+    read it in `ps`): user keys live in the gateway. At every start, wherever Triton listens,
+    loopback included, its admin APIs (model load/unload, configs, shared memory, logging,
+    trace, statistics) are locked with a throwaway key made for that start and known to this
+    process (the supervisor reloads crashed models with it, the gateway's admin routes use it).
+    Triton takes that key only on its command line: on a host shared with other users, they
+    can read it in `ps`; the container (its own PID namespace) is the boundary.
+    gRPC beyond loopback needs mutual TLS; HTTP (no TLS in Triton) beyond loopback needs an
+    explicit `allow_insecure_http`."""
     tls_cert: Path | None = None      # gRPC TLS (Triton's HTTP endpoint has no TLS)
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # require client certificates signed by this CA
-    lock_admin: bool = False
+    allow_insecure_http: bool = False  # the operator's explicit choice to expose plaintext HTTP
 
     def __post_init__(self):
-        self.lock_key = secrets.token_urlsafe(24) if self.lock_admin else None
+        self.lock_key = secrets.token_urlsafe(24)
 
     def admin_headers(self) -> dict:
-        return {ADMIN_KEY_HEADER: self.lock_key} if self.lock_key else {}
+        """For Triton's HTTP endpoint."""
+        return {ADMIN_KEY_HEADER: self.lock_key}
+
+    def grpc_admin_headers(self) -> dict:
+        return {GRPC_HEADER_PREFIX + ADMIN_KEY_HEADER: self.lock_key}
+
+    def check_exposure(self, grpc_host: str, http_host: str) -> None:
+        if grpc_host not in LOOPBACK and not (self.tls_cert and self.tls_client_ca):
+            raise ServeError(f"Triton's gRPC endpoint on {grpc_host} would be reachable from the network without "
+                             f"mutual TLS: give --tls-cert/--tls-key and --tls-client-ca (client certificates "
+                             f"required), or keep it on loopback behind the gateway")
+        if http_host not in LOOPBACK and not self.allow_insecure_http:
+            raise ServeError(f"Triton's HTTP endpoint has no TLS and no authentication for inference: on "
+                             f"{http_host} anyone on the network could use it. Keep it on loopback behind the "
+                             f"gateway, or pass --allow-insecure-http to expose it on purpose")
 
     def arguments(self) -> list[str]:
-        args = []
-        if self.lock_key:
-            apis = ",".join(ADMIN_APIS)
-            args += [f"--grpc-restricted-protocol={apis}:{ADMIN_KEY_HEADER}={self.lock_key}",
-                     f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={self.lock_key}"]
+        apis = ",".join(ADMIN_APIS)
+        args = [f"--grpc-restricted-protocol={apis}:{ADMIN_KEY_HEADER}={self.lock_key}",
+                f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={self.lock_key}"]
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ServeError("TLS needs both a server certificate and its key")
         if self.tls_cert:
@@ -192,6 +258,7 @@ class TritonServer:
     log_file: Path | None = None
     trace_endpoint: str | None = None  # OTLP/HTTP traces of every request carrying a traceparent
     python_env: Path | None = None     # the venv the stubs run in (default: this interpreter's)
+    private_shm: bool = True           # a /dev/shm of its own where the system allows it
     metrics_host: str | None = None    # default: host (metrics hold no secret: 0.0.0.0 lets Prometheus in)
     process: subprocess.Popen | None = None
     stop_requested: bool = False
@@ -199,12 +266,7 @@ class TritonServer:
 
     def __post_init__(self):
         self.shm_prefix = f"jina_triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
-        if self.host not in LOOPBACK and not self.security.tls_cert:
-            raise ServeError(f"Triton's gRPC endpoint on {self.host} would be open to the network without TLS: "
-                             f"give --tls-cert/--tls-key (and --tls-client-ca to require client "
-                             f"certificates), or keep it on loopback behind the gateway")
-        if (self.host not in LOOPBACK or self.http_host not in LOOPBACK) and not self.security.lock_key:
-            self.security = replace(self.security, lock_admin=True)
+        self.security.check_exposure(self.host, self.http_host)
 
     @classmethod
     def on_free_ports(cls, repository: Path, **settings) -> "TritonServer":
@@ -248,13 +310,15 @@ class TritonServer:
         return command + self.security.arguments() + self.extra_args
 
     def environment(self) -> dict[str, str]:
+        """What Triton and its stubs get: an allowlist of this process's environment (never a
+        token, cloud credential or exporter header the models have no use for) plus our own."""
         venv_bin = str(self.python_env / "bin") if self.python_env else str(Path(sys.executable).parent)
-        env = {**os.environ, **self.env}
+        env = {name: value for name, value in os.environ.items()
+               if name in STUB_ENV_NAMES or name.startswith(STUB_ENV_PREFIXES)}
+        env.update(self.env)
         if self.python_env:  # a stub finds the venv's site-packages from PATH, with the base's home
             env["PYTHONHOME"] = sys.base_prefix
-        for name in [name for name in env if name.endswith("_KEY") and name.startswith("JINA_TRITON_")]:
-            del env[name]  # the models need no secret; keep them out of Triton's environment
-        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", os.defpath)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # the stub finds its bundled libraries relative to where the wheel put them
         libs = triton_home().parent.parent / "nvidia_pytriton.libs"
@@ -286,13 +350,25 @@ class TritonServer:
             self._held = contextlib.ExitStack()
             self.repository = self._held.enter_context(hold(self.repository))
         output = open(self.log_file, "ab") if self.log_file else None
+        size = _shm_total() if self.private_shm else None
         self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=output,
                                         stderr=subprocess.STDOUT if output else None,
-                                        start_new_session=True, preexec_fn=die_with_parent)
+                                        start_new_session=True, preexec_fn=lambda: private_child(size))
         return self
 
+    @property
+    def shm_dir(self) -> Path:
+        """Where this server's shared-memory regions are: its own tmpfs when it has one."""
+        try:
+            if os.readlink(f"/proc/{self.process.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+                return Path(f"/proc/{self.process.pid}/root") / SHM_DIR.relative_to("/")
+        except OSError:
+            pass
+        return SHM_DIR
+
     def clear_shm(self) -> list[str]:
-        """Remove the shared-memory regions a dead server of ours left behind."""
+        """Remove the shared-memory regions a dead server of ours left behind on the shared /dev/shm
+        (a private one went with the server)."""
         removed = []
         for path in SHM_DIR.glob(self.shm_prefix + "*"):
             try:
@@ -412,6 +488,14 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _shm_total() -> int:
+    try:
+        stats = os.statvfs(SHM_DIR)
+        return stats.f_blocks * stats.f_frsize
+    except OSError:
+        return 1 << 30
 
 
 def _instance_counts(repository: Path) -> dict[str, int]:

@@ -2,6 +2,8 @@
 
 Keys never travel on a command line: API keys come from $JINA_TRITON_API_KEY (comma-separated)
 or --api-key-file (one per line), the admin key from $JINA_TRITON_ADMIN_KEY or --admin-key-file.
+Closed by default: on an address beyond loopback it refuses to start without API keys unless
+the operator passes --allow-anonymous; a key file that holds no key is an error, not "no keys".
 """
 from __future__ import annotations
 
@@ -28,7 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-inputs", type=int, default=defaults.max_inputs, help="texts per API request")
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency,
-                        help="requests answered at once; more get 429 with Retry-After")
+                        help="requests admitted at once (reading, parsing, embedding); more get 429 with Retry-After")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help="open HTTP connections; more are answered 503 and closed")
+    parser.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT,
+                        help="seconds a client has to send its request headers")
+    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout,
+                        help="seconds a client has to send its request body (slower: 408)")
+    parser.add_argument("--allow-anonymous", action="store_true",
+                        help="serve without API keys on an address beyond loopback (closed by default)")
     parser.add_argument("--timeout", type=float, default=defaults.timeout, help="seconds per request, retries included")
     parser.add_argument("--max-request-tokens", type=int, default=Limits().max_tokens,
                         help="the server's tokens per request (the client cuts requests to fit)")
@@ -39,20 +49,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the status `jina-triton serve` writes (Triton up, models down)")
 
 
-def _keys(file: str | None, variable: str) -> tuple:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_CONNECTIONS = 512
+HEADER_TIMEOUT = 10.0
+
+
+class GatewayConfigError(ValueError):
+    pass
+
+
+def read_keys(file: str | None, variable: str) -> tuple:
+    """Keys from a file (one per line) or a comma-separated variable; an empty file is an error."""
     if file:
-        return tuple(line.strip() for line in Path(file).read_text().splitlines() if line.strip())
+        keys = tuple(line.strip() for line in Path(file).read_text().splitlines() if line.strip())
+        if not keys:
+            raise GatewayConfigError(f"{file} holds no key: put one key per line in it, or leave the flag out")
+        return keys
     return tuple(part.strip() for part in os.environ.get(variable, "").split(",") if part.strip())
+
+
+def check_exposure(host: str, api_keys: tuple, allow_anonymous: bool) -> None:
+    if host not in LOOPBACK and not api_keys and not allow_anonymous:
+        raise GatewayConfigError(f"the gateway would serve anyone on {host} without an API key: set "
+                                 f"$JINA_TRITON_API_KEY or --api-key-file, or pass --allow-anonymous on purpose")
 
 
 def config_from(args):
     from .app import Config
 
-    admin = _keys(args.admin_key_file, "JINA_TRITON_ADMIN_KEY")
-    return Config(triton=args.triton, api_keys=_keys(args.api_key_file, "JINA_TRITON_API_KEY"),
+    admin = read_keys(args.admin_key_file, "JINA_TRITON_ADMIN_KEY")
+    api_keys = read_keys(args.api_key_file, "JINA_TRITON_API_KEY")
+    check_exposure(args.host, api_keys, args.allow_anonymous)
+    return Config(triton=args.triton, api_keys=api_keys,
                   admin_key=admin[0] if admin else None, triton_lock_key=os.environ.get("JINA_TRITON_LOCK_KEY"),
                   max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
-                  max_concurrency=args.max_concurrency, timeout=args.timeout,
+                  max_concurrency=args.max_concurrency, timeout=args.timeout, body_timeout=args.body_timeout,
                   status_file=Path(args.status_file) if args.status_file else None,
                   otlp_endpoint=args.otlp_endpoint,
                   limits=Limits(max_tokens=args.max_request_tokens, max_length=args.max_length))
@@ -62,12 +93,19 @@ def run(args) -> int:
     import uvicorn
 
     from .app import create_app
+    from .connections import bounded_protocol
 
     if bool(args.tls_cert) != bool(args.tls_key):
         print("error: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(config_from(args)), host=args.host, port=args.port, log_level="warning",
+    try:
+        config = config_from(args)
+    except (GatewayConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning",
                 access_log=False, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
+                http=bounded_protocol(args.max_connections, args.header_timeout),
                 timeout_graceful_shutdown=30, timeout_keep_alive=75)  # longer than load balancers' idle 60 s
     return 0
 

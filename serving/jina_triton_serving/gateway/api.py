@@ -16,9 +16,12 @@ Every problem is an ApiError naming the field, rendered in OpenAI's error body.
 from __future__ import annotations
 
 import base64
+import re
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from jina_triton_client.contract import (
     MAX_DIMENSIONS, MIN_DIMENSIONS, MODEL_NAME, TASKS, TRUNCATE_END, TRUNCATE_MODES, TRUNCATE_NONE)
@@ -43,6 +46,9 @@ ENCODING_FORMATS = ("float", "base64")
 FIELDS = {"input", "model", "task", "dimensions", "encoding_format", "embedding_type", "normalized", "truncate",
           "user"}
 assert {adapter for adapter, _ in JINA_TASKS.values()} == set(TASKS)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+LOGGED_CHARS = 128
 
 
 class ApiError(Exception):
@@ -78,6 +84,46 @@ class EmbedCall:
         if self.embedding_type in ("float", "base64"):
             return "float" if self.normalized else "unnormalized"
         return self.embedding_type
+
+
+def request_id(header: str | None) -> str:
+    """The caller's x-request-id when it is a plain token, else one of ours (it goes into logs and to Triton)."""
+    return header if header is not None and REQUEST_ID.fullmatch(header) else uuid.uuid4().hex
+
+
+def loggable(value: str | None) -> str | None:
+    return value if value is None or len(value) <= LOGGED_CHARS else value[:LOGGED_CHARS] + "..."
+
+
+def _separators(text: bytes) -> int:
+    return text.count(b",") + text.count(b"[") + text.count(b"{") + text.count(b":")
+
+
+def json_values_bound(body: bytes, most: int) -> int:
+    """An upper bound of the JSON values in `body` (or a number over `most`), in linear time and
+    without building anything: every value but the first follows a separator outside strings."""
+    raw = _separators(body)
+    if raw <= most:
+        return raw
+    cleaned = body.replace(b"\\\\", b"").replace(b'\\"', b"")   # now every quote delimits a string
+    strings = cleaned.count(b'"') // 2
+    if strings > most:
+        return strings
+    return _separators(STRING.sub(b"", cleaned))
+
+
+def load_json(body: bytes, max_inputs: int):
+    """Parse a body whose parsed size is bounded: Python objects cost up to ~50x the bytes of
+    `[{},{},...]`, so the values are bounded before anything is built; nesting deeper than
+    orjson's limit (1024) is refused too."""
+    most = 2 * max_inputs + 64
+    if json_values_bound(body, most) > most:
+        raise invalid("body", f"holds more than {most} JSON values; a request has at most {max_inputs} inputs "
+                              f"and a few fields")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise invalid("body", "is not valid JSON (or nests deeper than 1024 levels)") from None
 
 
 def _texts(value) -> list[str]:
@@ -157,6 +203,8 @@ def parse(body, max_inputs: int) -> EmbedCall:
     if len(texts) > max_inputs:
         raise invalid("input", f"holds {len(texts)} texts, more than the limit of {max_inputs} per request")
     model = body.get("model", MODEL_NAME)
+    if not isinstance(model, str):
+        raise invalid("model", "must be a string; GET /v1/models lists the models")
     if model not in MODELS:
         raise ApiError(404, f"model: {model!r} does not exist; GET /v1/models lists the models", "model",
                        "not_found_error")

@@ -7,6 +7,7 @@ logs with a request id that reaches Triton, traces.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -36,6 +37,8 @@ except ImportError:  # pragma: no cover
         return json.dumps(value).encode()
 
 OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired", "cancelled")
+READY_CACHE_S = 1.0
+GRPC_ADMIN_KEY_HEADER = "triton-grpc-protocol-admin-key"   # Triton's restricted-API header over gRPC
 
 
 @dataclass
@@ -43,10 +46,11 @@ class Config:
     triton: str = "127.0.0.1:8001"           # Triton's gRPC endpoint (loopback: the gateway is the front)
     api_keys: tuple = ()                      # bearer keys; none: open
     admin_key: str | None = None              # for /admin/models/...; none: the admin routes are off
-    triton_lock_key: str | None = None        # Triton's own admin lock, when it listens beyond loopback
+    triton_lock_key: str | None = None        # Triton's admin lock of this start (from `jina-triton serve`)
     max_body_bytes: int = 16 << 20
     max_inputs: int = 2048
-    max_concurrency: int = 64                 # embedding calls in flight; more get 429
+    max_concurrency: int = 64                 # embedding calls in flight (reading, parsing, waiting); more get 429
+    body_timeout: float = 30.0                # seconds to receive a body; slower gets 408
     retry_after: int = 1
     timeout: float = 120.0
     status_file: Path | None = None           # written by `jina-triton serve`: Triton up, models down
@@ -88,6 +92,8 @@ class Gateway:
         self.client: AsyncEmbeddingClient | None = None
         self.in_flight = 0
         self.started = int(time.time())
+        self._ready: tuple | None = None
+        self._ready_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
     async def startup(self) -> None:
@@ -108,52 +114,72 @@ class Gateway:
         return scheme.lower() == "bearer" and any(hmac.compare_digest(token.encode(), key.encode()) for key in keys)
 
     async def _body(self, request: Request) -> bytes:
-        """The body, refused with 413 before reading when its declared size is over the limit."""
+        """The body, refused with 413 before reading when its declared size is over the limit, and
+        with 408 when it does not arrive within the body timeout."""
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             self.metrics.refused.labels("body_too_large").inc()
             raise api.ApiError(413, f"body: larger than the limit of {limit} bytes", "body")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                self.metrics.refused.labels("body_too_large").inc()
-                raise api.ApiError(413, f"body: larger than the limit of {limit} bytes", "body")
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    self.metrics.refused.labels("body_too_large").inc()
+                    raise api.ApiError(413, f"body: larger than the limit of {limit} bytes", "body")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            return await asyncio.wait_for(read(), self.config.body_timeout)
+        except asyncio.TimeoutError:
+            self.metrics.refused.labels("body_timeout").inc()
+            raise api.ApiError(408, f"body: not received within {self.config.body_timeout:g} s", "body") from None
+
+    @contextlib.contextmanager
+    def _slot(self):
+        """Admission before any work: a request over the concurrency limit is refused at once."""
+        if self.in_flight >= self.config.max_concurrency:
+            self.metrics.refused.labels("overloaded").inc()
+            raise api.ApiError(429, f"the gateway is at its limit of {self.config.max_concurrency} concurrent "
+                               f"requests; retry after the time in Retry-After", None, "rate_limit_error",
+                               self.config.retry_after)
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
 
     # -- routes --------------------------------------------------------------------
     async def embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
-        request_id = (request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:128]
+        request_id = api.request_id(request.headers.get(REQUEST_ID_HEADER))
         task, status, fields = "-", 500, {}
         try:
             if not self._authorized(request, self.config.api_keys):
                 self.metrics.refused.labels("unauthorized").inc()
                 raise api.ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", None,
                                    "authentication_error")
-            body = await self._body(request)
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                raise api.ApiError(400, "body: is not valid JSON", "body") from None
-            call = api.parse(parsed, self.config.max_inputs)
-            task = call.task
-            if self.in_flight >= self.config.max_concurrency:
-                self.metrics.refused.labels("overloaded").inc()
-                raise api.ApiError(429, f"the gateway is at its limit of {self.config.max_concurrency} concurrent "
-                                   f"requests; retry after the time in Retry-After", None, "rate_limit_error",
-                                   self.config.retry_after)
-            result = await self._embed(call, request_id, dict(request.headers))
-            payload = dumps(api.answer(call, result.embeddings, result.token_counts))
+            with self._slot():
+                call = api.parse(api.load_json(await self._body(request), self.config.max_inputs),
+                                 self.config.max_inputs)
+                task = call.task
+                result = await self._until_disconnected(request, self._embed(call, request_id, dict(request.headers)))
+                if result is None:  # the caller left: nothing to answer, Triton's work was cancelled
+                    status, fields = 499, {"error": "the client disconnected"}
+                    return Response(b"", 499)
+                payload = dumps(api.answer(call, result.embeddings, result.token_counts))
             status = 200
             headers = self._timing_headers(result.timings_ms, started, request_id)
             tokens = int(result.token_counts.sum())
             self.metrics.tokens.labels(task).inc(tokens)
             self.metrics.texts.labels(task).inc(len(call.texts))
             fields = {"texts": len(call.texts), "tokens": tokens, "dimensions": call.dimensions,
-                      "embedding_type": call.embedding_type, "user": call.user}
+                      "embedding_type": call.embedding_type, "user": api.loggable(call.user)}
             return Response(payload, 200, headers, media_type="application/json")
         except api.ApiError as error:
             status = error.status
@@ -171,9 +197,28 @@ class Gateway:
             self.log.info("embeddings", extra={"fields": {"request_id": request_id, "status": status, "task": task,
                                                           "ms": round(elapsed * 1000, 2), **fields}})
 
+    @staticmethod
+    async def _until_disconnected(request: Request, work):
+        """`work`'s result, or None once the client has gone: then the work (its gRPC calls to
+        Triton, which drops their queued steps) is cancelled instead of finished for nobody."""
+        async def gone():
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        job, watch = asyncio.ensure_future(work), asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if job.done():
+                return job.result()
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+            return None
+        finally:
+            for future in (job, watch):
+                future.cancel()
+
     async def _embed(self, call: api.EmbedCall, request_id: str, headers: dict):
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
         try:
             with self.tracing.span("POST /v1/embeddings", headers, {"jina.task": call.task,
                                                                      "jina.texts": len(call.texts),
@@ -186,9 +231,6 @@ class Gateway:
             raise api.invalid(exc.field.replace("text", "input", 1), exc.rule) from None
         except EmbeddingError as exc:
             raise _server_error(exc, self.config.retry_after) from None
-        finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
 
     def _timing_headers(self, timings: dict, started: float, request_id: str) -> dict:
         """TEI's headers, in milliseconds: the slowest Triton request's parts; queue is the rest of
@@ -211,7 +253,17 @@ class Gateway:
         return Response(dumps({"status": "ok"}), media_type="application/json")
 
     async def ready(self, request: Request) -> Response:
-        """Ready only when Triton and every ensemble are, and no model lost its stub."""
+        """Ready only when Triton and every ensemble are, and no model lost its stub. The answer is
+        kept READY_CACHE_S: probes and callers hitting it often cost Triton one check a second."""
+        async with self._ready_lock:
+            cached = self._ready
+            if cached is None or time.monotonic() - cached[0] > READY_CACHE_S:
+                problems = await self._problems()
+                cached = self._ready = (time.monotonic(), dumps({"status": "not ready" if problems else "ready",
+                                                                 "problems": problems}), 503 if problems else 200)
+        return Response(cached[1], cached[2], media_type="application/json")
+
+    async def _problems(self) -> list[str]:
         problems = []
         if self.config.status_file and self.config.status_file.is_file():
             state = json.loads(self.config.status_file.read_text())
@@ -219,16 +271,14 @@ class Gateway:
                 problems.append(f"tritonserver is {state.get('triton')}")
             problems += [f"{model} has a dead stub" for model in state.get("down", [])]
         try:
-            client = self.client._client(0)
-            if not await client.is_server_ready():
+            if not await self.client.ready():
                 problems.append("tritonserver is not ready")
             for task in TASKS:
-                if not await client.is_model_ready(ensemble_name(task)):
+                if not await self.client.model_ready(ensemble_name(task)):
                     problems.append(f"{ensemble_name(task)} is not ready")
         except Exception:  # noqa: BLE001 - unreachable: not ready
             problems.append("tritonserver is unreachable")
-        body = {"status": "ready" if not problems else "not ready", "problems": problems}
-        return Response(dumps(body), 200 if not problems else 503, media_type="application/json")
+        return problems
 
     async def metrics_page(self, request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -243,13 +293,10 @@ class Gateway:
         if action not in ("load", "unload"):
             return _error(api.ApiError(404, "action: must be load or unload", "action", "not_found_error"), "-")
         lock = self.config.triton_lock_key
-        headers = {"triton-grpc-protocol-admin-key": lock} if lock else None
-        client = self.client._client(0)
         try:
-            await (client.load_model if action == "load" else client.unload_model)(model, headers=headers)
-        except Exception as exc:  # noqa: BLE001 - Triton's message names the model and the problem
-            message = exc.message() if hasattr(exc, "message") else str(exc)
-            return _error(api.ApiError(400, f"{action} {model}: {message}", "model"), "-")
+            await self.client.control(model, action, {GRPC_ADMIN_KEY_HEADER: lock} if lock else None)
+        except EmbeddingError as exc:  # Triton's message names the model and the problem
+            return _error(api.ApiError(400, f"{action} {model}: {exc.message}", "model"), "-")
         return Response(dumps({"model": model, action: "done"}), media_type="application/json")
 
 

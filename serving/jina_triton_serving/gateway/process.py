@@ -27,7 +27,9 @@ class GatewayProcess:
         command = [sys.executable, "-m", "jina_triton_serving.gateway", "--triton", self.server.grpc_url,
                    "--port", str(self.port), *self.args]
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, env={**os.environ, **self.env}, stdout=output,
+        key = getattr(getattr(self.server, "security", None), "lock_key", None)  # a real TritonServer's
+        lock = {"JINA_TRITON_LOCK_KEY": key} if key else {}
+        self.process = subprocess.Popen(command, env={**os.environ, **lock, **self.env}, stdout=output,
                                         stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
