@@ -210,3 +210,48 @@ def test_a_huge_text_costs_only_the_tokens_it_keeps(real_tokenizer):
     started = time.perf_counter()
     tokenizer.tokenizer.encode(huge)
     assert windowed < (time.perf_counter() - started) / 5
+
+
+def test_torch_rows_pack_as_the_numpy_rows_do_including_a_request_dropped_midway():
+    """The cuda target's row source (gathered on the device, one copy back) against the numpy one."""
+    import torch
+
+    from jina_triton_pipeline.torch_engine import TorchRows
+
+    rng = np.random.default_rng(6)
+    weights = rng.normal(size=(50, 6)).astype(np.float32)
+    forward = _toy_forward(weights)
+    requests = _toy_requests(rng)
+    want = run_packed(requests, 8, forward, keep=lambda index: index != 2)
+    table = torch.from_numpy(weights)
+    calls = []
+
+    def torch_forward(ids, mask):
+        calls.append(tuple(ids.shape))
+        return (table[ids] * mask[..., None]).sum(dim=1)
+
+    turned = iter([True, False])  # request 2 (4 rows) is computed in one pass, then turned down
+    got = run_packed([(torch.from_numpy(i), torch.from_numpy(m)) for i, m in requests], 8, torch_forward,
+                     rows=TorchRows(torch.device("cpu")), keep=lambda index: index != 2 or next(turned, False))
+    assert got.pooled[2] is None and want.pooled[2] is None
+    for index in (0, 1):
+        np.testing.assert_allclose(got.pooled[index].numpy(), want.pooled[index], rtol=1e-6)
+    assert got.passes == len(calls) and all(rows * length <= 8 or rows == 1 for rows, length in calls)
+    computed_rows = sum(rows for rows, _ in calls)
+    assert sum(len(ids) for ids, _ in requests[:2]) < computed_rows < sum(len(ids) for ids, _ in requests)
+
+
+def test_rope_frequencies_stay_fp32_in_half_precision():
+    """Rounded to fp16 they shift the phase by up to ~1e-3 x the position: far off at 8K tokens."""
+    import torch
+
+    from jina_triton_pipeline.eurobert import EuroBert
+
+    config = {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": 128,
+              "vocab_size": 100, "rms_norm_eps": 1e-5, "rope_theta": 1e6}
+    model = EuroBert(config)
+    want = model.inv_freq.clone()
+    model.placed("cpu", torch.float16)
+    assert model.embed_tokens.weight.dtype == torch.float16 and model.inv_freq.dtype == torch.float32
+    torch.testing.assert_close(model.inv_freq, want, rtol=0, atol=0)
+    assert (want.half().float() - want).abs().max() > 0  # what a cast would have lost

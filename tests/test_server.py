@@ -58,14 +58,14 @@ def test_every_output_matches_the_reference(triton, expected, protocol, task):
         texts = TEXTS_FIT if truncate == "NONE" else TEXTS_LONG
         got = infer(triton, protocol, task, texts, input_type=input_type, dimensions=dims, truncate=truncate)
         want = expected.floats(texts, task, input_type, dims, truncate)
-        assert_outputs_match(got, want, expected.calibration, expected.raw(texts, task, input_type, dims, truncate))
+        assert_outputs_match(got, want, expected.tables, expected.raw(texts, task, input_type, dims, truncate))
         np.testing.assert_array_equal(got[TOKEN_COUNT][:, 0], expected.token_counts(texts, input_type, truncate))
 
 
 def test_defaults_are_document_768_end(triton, expected):
     got = infer(triton, "grpc", "retrieval", TEXTS_LONG)
     want = expected.floats(TEXTS_LONG, "retrieval", "document", 768, "END")
-    assert_outputs_match(got, want, expected.calibration, expected.raw(TEXTS_LONG, "retrieval", "document", 768, "END"))
+    assert_outputs_match(got, want, expected.tables, expected.raw(TEXTS_LONG, "retrieval", "document", 768, "END"))
     assert got[TOKEN_COUNT].max() == TEST_MAX_LENGTH
 
 
@@ -102,7 +102,7 @@ def test_concurrent_requests_get_their_own_answers(triton, expected):
     with ThreadPoolExecutor(max_workers=12) as executor:
         results = list(executor.map(run, jobs))
     for (task, texts, input_type, dims, truncate), got in zip(jobs, results):
-        assert_outputs_match(got, expected.floats(texts, task, input_type, dims, truncate), expected.calibration,
+        assert_outputs_match(got, expected.floats(texts, task, input_type, dims, truncate), expected.tables,
                              expected.raw(texts, task, input_type, dims, truncate))
 
 

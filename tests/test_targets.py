@@ -1,18 +1,17 @@
 """The GPU targets, checked as far as a CPU machine allows: the `tensorrt` configs, the TensorRT
-step's decisions and parity gate (with fakes: no TensorRT anywhere), the GPU check's dry run, and
-what the GPU bundle carries. The `cuda` target itself is served and checked in test_server.py."""
+step's decisions and parity gate (with fakes: no TensorRT anywhere), the cuda encoder's batching
+across requests and its compiled shapes, what the GPU bundle carries. The `cuda` target itself is
+served and checked in test_server.py; the GPU check's box emulation is test_gpu_check.py."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from conftest import REPO_ROOT
 from jina_triton_build.tensorrt import plan_profiles, read_profiles
 from jina_triton_client.contract import TASKS
 from jina_triton_pipeline.internals import encoder_name
@@ -107,23 +106,6 @@ def test_no_tensorrt_or_no_gpu_falls_back(tensorrt_repository, tmp_path):
 
 
 # -- the GPU check -------------------------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.server
-def test_the_gpu_checks_dry_run(tmp_path):
-    """`jina-triton gpu-check --cpu`: the same steps on the tiny replica, PyTorch fp32 on this CPU."""
-    result = subprocess.run([sys.executable, "-m", "jina_triton_serving.cli", "gpu-check", "--cpu", "--out",
-                             str(tmp_path / "out"), "--workdir", str(tmp_path / "work"), "--seconds", "2",
-                             "--texts", "32"], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["failures"] == [] and len(report["parity"]) == 4 * 2 * 3
-    assert report["parity_min_float_cosine"] >= 0.99999
-    for row in report["parity"]:
-        assert set(row) >= {"float", "int8", "uint8", "binary", "ubinary", "unnormalized"}
-    assert report["engine"]["tokens_per_s"] > 0 and report["served"][0]["errors"] == 0
-    assert "served/engine" in (tmp_path / "out" / "report.md").read_text()
-
-
 def test_the_gpu_bundle_carries_the_server_its_libraries_and_the_312_stub():
     from jina_triton_serving.gpu_bundle import triton_files
 
@@ -134,3 +116,47 @@ def test_the_gpu_bundle_carries_the_server_its_libraries_and_the_312_stub():
     libraries = [name for name in files if name.startswith("nvidia_pytriton.libs/")]
     assert 20 <= len(libraries) <= 60, len(libraries)
     assert sum(path.stat().st_size for path in files.values()) < 400e6  # ~27 MB once xz-compressed
+
+
+# -- the cuda encoder: batching across requests, compiled shapes -------------------------------
+@pytest.mark.server
+def test_requests_meet_in_one_cuda_encoder_execute(triton_cuda, cuda_repository):
+    """The encoder's batch limit is its own (rows per execute, 1,024 on the cuda target), not the 64
+    texts of one request: 64-text requests queued together reach one execute."""
+    import tritonclient.grpc as grpcclient
+
+    from jina_triton_client import EmbeddingClient
+
+    assert parse(cuda_repository / "encoder_retrieval" / "config.pbtxt").max_batch_size == 1024
+    texts = [f"text number {i} about batching" for i in range(64)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: EmbeddingClient(triton_cuda.grpc_url, timeout=120).embed(texts), range(12)))
+    stats = grpcclient.InferenceServerClient(triton_cuda.grpc_url).get_inference_statistics(
+        "encoder_retrieval", headers=triton_cuda.security.grpc_admin_headers(), as_json=True)["model_stats"][0]
+    sizes = [int(entry["batch_size"]) for entry in stats["batch_stats"]]
+    assert max(sizes) > 64, sizes
+
+
+@pytest.mark.slow
+def test_a_compiled_cuda_encoder_matches_eager_and_passes_its_gate(tmp_path, tiny_checkpoint, engine_cache, reference):
+    """torch.compile over length buckets (a build option, off by default): the parity gate runs on the
+    compiled path at load, and its answers equal the eager engine's."""
+    import torch
+
+    from conftest import build_test_repository
+    from fake_triton import Request, load_model
+
+    repository = build_test_repository(tiny_checkpoint, tmp_path / "repo", engine_cache, reference, target="cuda",
+                                       encoder_instances=1, compile_buckets="32")
+    assert 'string_value: "32"' in (repository / "encoder_retrieval" / "config.pbtxt").read_text()
+    compiled = load_model(repository / "encoder_retrieval")  # warm-up, then the gate, compiled
+    assert compiled.step.engine.compiled is not None
+    from jina_triton_pipeline.torch_engine import TorchEngine
+
+    eager = TorchEngine(repository / "encoder_retrieval" / "1", "fp32", "cpu", 2)
+    ids = np.array([[5, 9, 17, 128001, 0], [7, 128001, 0, 0, 0]], np.int64)
+    mask = (np.arange(5)[None, :] < np.array([[4], [2]])).astype(np.int64)
+    response = compiled.execute([Request({"input_ids": ids, "attention_mask": mask})])[0]
+    assert response.error is None
+    want = eager.embed(torch.from_numpy(ids), torch.from_numpy(mask))
+    np.testing.assert_allclose(response.outputs["pooled_state"], want, atol=1e-5)

@@ -5,8 +5,10 @@ flags are all derived from this class.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from jina_triton_pipeline.packing import MAX_PADDING
 from jina_triton_client.contract import (
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_TOKENS,
     DEFAULT_MAX_TEXT_BYTES, MIN_MAX_LENGTH)
@@ -15,6 +17,11 @@ TARGETS = ("cpu", "cuda", "tensorrt")
 PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp16", "bf16", "fp32"), "tensorrt": ("fp16",)}
 # fp16 on a GPU: the same speed as bf16, and only fp16 meets a 0.9999 parity bar (gpu-notes.md §2)
 DEFAULT_PRECISION = {"cpu": "fp32", "cuda": "fp16", "tensorrt": "fp16"}
+# The padding bound per pass. On 2 CPU cores a pass costs its padded tokens whatever its size;
+# on a GPU a pass of a few hundred tokens leaves it idle: with 1,024 rows per execute, a 32,768-token
+# budget and 1.25, the mixed workload packs into ~19k-token passes at 1.12 padded/real (a packing
+# simulation, `jina-triton gpu-check` prints it; GPU speed itself is unmeasured here).
+CPU_MAX_PADDING, GPU_MAX_PADDING = MAX_PADDING, 1.25
 
 # The templates (model_repository/<name>/config.pbtxt.tmpl) an option is rendered into.
 PYTHON_MODELS = ("preprocess", "encoder_onnx", "encoder_torch", "postprocess")
@@ -23,9 +30,9 @@ EVERY_MODEL = PYTHON_MODELS + ("encoder_tensorrt", "ensemble")
 
 
 def option(default, help: str, *, templates: tuple = (), choices=None, minimum: int | None = 1,
-           lowered_by_serve: bool = False):
+           lowered_by_serve: bool = False, kind: type = int):
     return field(default=default, metadata={"help": help, "templates": templates, "choices": choices,
-                                            "minimum": minimum, "lowered_by_serve": lowered_by_serve})
+                                            "minimum": minimum, "lowered_by_serve": lowered_by_serve, "kind": kind})
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,8 @@ class BuildOptions:
     max_length: int = option(DEFAULT_MAX_LENGTH, "tokens per text, prefix and EOS included",
                              templates=("preprocess", "postprocess", "encoder_onnx", "encoder_torch"),
                              minimum=MIN_MAX_LENGTH, lowered_by_serve=True)
-    max_batch_size: int = option(DEFAULT_MAX_BATCH_SIZE, "texts per request", templates=EVERY_MODEL)
+    max_batch_size: int = option(DEFAULT_MAX_BATCH_SIZE, "texts per request",
+                                 templates=("preprocess", "postprocess", "encoder_tensorrt", "ensemble"))
     max_text_bytes: int = option(DEFAULT_MAX_TEXT_BYTES, "UTF-8 bytes per text", templates=("preprocess",),
                                  lowered_by_serve=True)
     max_request_bytes: int = option(DEFAULT_MAX_REQUEST_BYTES, "UTF-8 text bytes per request",
@@ -56,20 +64,45 @@ class BuildOptions:
                                             templates=("preprocess",), minimum=0)
     token_budget: int | None = option(None, "padded tokens per encoder forward pass (default 8192 on cpu, "
                                       "32768 on a GPU)", templates=("encoder_onnx", "encoder_torch"))
+    max_padding: float | None = option(None, "padded / real tokens allowed in one forward pass (default 1.10 on cpu, "
+                                       "where padding costs in full; 1.25 on a GPU, where small passes cost more)",
+                                       templates=("encoder_onnx", "encoder_torch"), minimum=1, kind=float)
+    encoder_max_rows: int | None = option(None, "rows one encoder execute takes from all the requests queued "
+                                          "(its max_batch_size; default: the texts per request on cpu, 1024 on "
+                                          "a GPU, so that several requests meet in one execute)",
+                                          templates=("encoder_onnx", "encoder_torch"))
+    compile_buckets: str = option("", "cuda target: torch.compile the encoder over these sequence-length buckets "
+                                  "(e.g. 64,128,256,512; a pass is padded to the next; longer passes run eager); "
+                                  "empty: eager", templates=("encoder_torch",), minimum=None, kind=str)
     threads: int = option(2, "CPU threads per encoder instance", templates=("encoder_onnx", "encoder_torch"))
     encoder_instances: int = option(2, "instances per encoder (cpu: 2, so a long request never holds the "
                                     "only one; a GPU runs one)", templates=ENCODERS)
-    preprocess_instances: int = option(2, "preprocess instances", templates=("preprocess",))
-    postprocess_instances: int = option(1, "postprocess instances", templates=("postprocess",))
+    preprocess_instances: int | None = option(None, "preprocess instances (default: 2 on cpu, where the "
+                                              "encoders need the cores; 3/4 of the cores, 2 to 16, on a GPU)",
+                                              templates=("preprocess",))
+    postprocess_instances: int | None = option(None, "postprocess instances (default: 1 on cpu; 1/4 of the "
+                                               "cores, 1 to 4, on a GPU)", templates=("postprocess",))
+    numpy_env: str = option("", "EXECUTION_ENV_PATH of the models that move numpy arrays (preprocess, postprocess, "
+                            "the onnxruntime encoders): a Python environment with numpy<2, for a machine whose "
+                            "stubs otherwise run numpy 2 (the GPU check's); empty: the server's environment",
+                            templates=("preprocess", "postprocess", "encoder_onnx"), minimum=None, kind=str)
 
-    def resolved(self) -> "BuildOptions":
-        """Target-dependent defaults filled in."""
+    def resolved(self, cores: int | None = None) -> "BuildOptions":
+        """Target- and machine-dependent defaults filled in."""
+        cores = cores or os.cpu_count() or 2
+        gpu = self.target != "cpu"
         precision = self.precision or DEFAULT_PRECISION.get(self.target, "fp32")
         instances = self.encoder_instances
-        if self.target != "cpu" and instances == BuildOptions.encoder_instances:
+        if gpu and instances == BuildOptions.encoder_instances:
             instances = 1
-        budget = self.token_budget or (8192 if self.target == "cpu" else 32768)
-        return replace(self, precision=precision, encoder_instances=instances, token_budget=budget)
+        return replace(self, precision=precision, encoder_instances=instances,
+                       token_budget=self.token_budget or (32768 if gpu else 8192),
+                       max_padding=self.max_padding or (GPU_MAX_PADDING if gpu else CPU_MAX_PADDING),
+                       encoder_max_rows=self.encoder_max_rows or (1024 if gpu else self.max_batch_size),
+                       preprocess_instances=self.preprocess_instances or (min(16, max(2, cores * 3 // 4)) if gpu
+                                                                          else 2),
+                       postprocess_instances=self.postprocess_instances or (min(4, max(1, cores // 4)) if gpu
+                                                                            else 1))
 
     def check(self, model_max_length: int) -> None:
         for spec in fields(self):
@@ -86,6 +119,11 @@ class BuildOptions:
         if self.token_budget < self.max_length:
             raise ValueError(f"token_budget ({self.token_budget}) must be at least the max length "
                              f"({self.max_length}) so that the longest text fits in one pass")
+        if self.encoder_max_rows < self.max_batch_size:
+            raise ValueError(f"encoder_max_rows ({self.encoder_max_rows}) must be at least the texts per request "
+                             f"({self.max_batch_size})")
+        if self.compile_buckets and any(not part.strip().isdigit() for part in self.compile_buckets.split(",")):
+            raise ValueError(f"compile_buckets must be comma-separated lengths, not {self.compile_buckets!r}")
         if self.max_request_tokens < self.max_length:
             raise ValueError(f"max_request_tokens ({self.max_request_tokens}) must be at least the max length "
                              f"({self.max_length}) so that every text fits in a request")
@@ -115,7 +153,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         default = spec.default
         help_text = meta["help"] + ("" if default is None else f" (default {default})")
         parser.add_argument(_flag(spec.name), dest=spec.name, default=default, help=help_text,
-                            type=None if meta["choices"] else int, choices=meta["choices"])
+                            type=None if meta["choices"] else meta["kind"], choices=meta["choices"])
 
 
 def options_from_arguments(args: argparse.Namespace) -> BuildOptions:

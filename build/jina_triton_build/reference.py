@@ -28,11 +28,13 @@ class TooLongError(ValueError):
 class ReferenceEncoder:
     def __init__(self, checkpoint: Checkpoint | str, max_length: int = DEFAULT_MAX_LENGTH):
         import torch
-        from transformers import AutoTokenizer
+        from transformers import PreTrainedTokenizerFast
 
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.checkpoint.path), trust_remote_code=False)
+        # the fast tokenizer from tokenizer.json and tokenizer_config.json, by name: AutoTokenizer would
+        # dispatch on config.json's model_type (unknown to transformers, its fallbacks differ by version)
+        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.checkpoint.path))
         self.model = load_peft_model(self.checkpoint)
         self._torch = torch
 

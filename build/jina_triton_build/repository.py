@@ -142,7 +142,7 @@ def _calibration_engine(checkpoint, options, engines, out):
         if task not in loaded:
             loaded.clear()  # one merged encoder in memory at a time
             loaded[task] = TorchEngine(out / encoder_name(task) / "1", "fp32")
-        return loaded[task].forward(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        return loaded[task].embed(torch.from_numpy(ids), torch.from_numpy(mask))
     return pooled
 
 

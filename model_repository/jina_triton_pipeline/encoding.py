@@ -13,7 +13,7 @@ import numpy as np
 from .admission import Unavailable
 from .checks import check_token_batch
 from .internals import ATTENTION_MASK, ENCODE_US, INPUT_IDS, POOLED_STATE
-from .packing import NumpyRows, run_packed
+from .packing import MAX_PADDING, NumpyRows, run_packed
 from .triton_adapter import ModelMetrics, cancelled, error_response
 
 
@@ -67,9 +67,9 @@ class DlpackTensors:
 
 class EncoderStep:
     def __init__(self, pb_utils, engine, tensors, token_budget: int, max_length: int, model_name: str,
-                 instance: str = ""):
+                 instance: str = "", max_padding: float = MAX_PADDING):
         self.pb, self.engine, self.tensors = pb_utils, engine, tensors
-        self.token_budget, self.max_length = token_budget, max_length
+        self.token_budget, self.max_length, self.max_padding = token_budget, max_length, max_padding
         self.metrics = ModelMetrics(pb_utils, model_name, instance)
 
     def execute(self, requests) -> list:
@@ -95,7 +95,7 @@ class EncoderStep:
 
     def _answer(self, requests, order: list[int], inputs: list, responses: list) -> None:
         packed = run_packed(inputs, self.token_budget, self.engine.forward, rows=self.engine.rows,
-                            keep=lambda k: not cancelled(requests[order[k]]))
+                            keep=lambda k: not cancelled(requests[order[k]]), max_padding=self.max_padding)
         self.metrics.tokens(packed.computed_tokens, packed.real_tokens)
         for k, index in enumerate(order):
             pooled = packed.pooled[k]

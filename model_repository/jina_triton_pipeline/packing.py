@@ -1,10 +1,14 @@
-"""Pack the texts of many requests into length-sorted sub-batches under a token budget.
+"""Pack the texts of many requests into length-sorted passes under a token budget.
 
-Triton's dynamic batcher hands the encoder several requests whose tensors have
-different sequence lengths (allow_ragged_batch). Concatenating them padded to
-the longest would waste most of the compute on mixed traffic, so rows are
-sorted by real length and cut into chunks whose padded size (rows x longest)
-stays within a token budget, as TEI does.
+Triton's dynamic batcher hands an encoder several requests whose tensors have
+different sequence lengths (allow_ragged_batch). Concatenating them padded to the
+longest would waste most of the compute on mixed traffic, so rows are sorted by real
+length and cut into chunks whose padded size (rows x longest) stays within a token
+budget and a padding bound, as TEI does.
+
+The work is vectorized: every request's real tokens are laid back to back once (on the
+engine's device), each pass gathers its rows from there, writes its pooled states into
+one output buffer, and the buffer comes back to the host once per execute.
 """
 from __future__ import annotations
 
@@ -14,8 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-
-MAX_PADDING = 1.10  # padded tokens / real tokens allowed inside one chunk
+MAX_PADDING = 1.10  # the cpu target's bound: padded tokens / real tokens inside one chunk
 
 
 def plan_chunks(lengths: np.ndarray, token_budget: int, max_padding: float = MAX_PADDING) -> list[np.ndarray]:
@@ -42,27 +45,55 @@ def plan_chunks(lengths: np.ndarray, token_budget: int, max_padding: float = MAX
 
 
 class NumpyRows:
-    """Where packed chunks and pooled outputs live: numpy on the CPU."""
+    """The host's arrays: what the onnxruntime engines take.
+
+    A row source `stage`s every request's real tokens back to back, with each row's start and
+    length and the order in which the passes take the rows; `gather` builds one pass from
+    there, `scatter` puts its pooled states in place, `finish` hands the output to the host."""
 
     @staticmethod
     def lengths(mask) -> np.ndarray:
         return np.asarray(mask).sum(axis=1).astype(np.int64)
 
     @staticmethod
-    def ids(rows: int, length: int):
-        return np.zeros((rows, length), np.int64), np.zeros((rows, length), np.int64)
+    def stage(requests: list[tuple], starts: np.ndarray, lengths: np.ndarray, order: np.ndarray):
+        flat = np.concatenate([np.asarray(ids)[np.asarray(mask).astype(bool)] for ids, mask in requests])
+        return flat, starts, lengths, order
+
+    @staticmethod
+    def reorder(staged, order: np.ndarray):
+        return (*staged[:3], order)
+
+    @staticmethod
+    def gather(staged, begin: int, end: int, longest: int):
+        """ids, mask [end - begin, longest] of the rows order[begin:end]."""
+        flat, starts, lengths, order = staged
+        rows = order[begin:end]
+        steps = np.arange(longest)
+        mask = steps[None, :] < lengths[rows][:, None]
+        ids = np.where(mask, flat[np.minimum(starts[rows][:, None] + steps[None, :], len(flat) - 1)], 0)
+        return ids.astype(np.int64), mask.astype(np.int64)
 
     @staticmethod
     def output(rows: int, width: int):
         return np.zeros((rows, width), np.float32)
 
+    @staticmethod
+    def scatter(out, staged, begin: int, end: int, pooled) -> None:
+        out[staged[3][begin:end]] = pooled
+
+    @staticmethod
+    def finish(out):
+        return out
+
 
 @dataclass
 class Packed:
-    pooled: list            # per request: [n_i, H], or None when it was dropped
-    encode_us: list[int]    # per request: its share of the compute, by real tokens
+    pooled: list            # per request: [n_i, H] on the host, or None when it was dropped
+    encode_us: list[int]    # per request: its share of the execute's compute, by real tokens
     computed_tokens: int = 0
     real_tokens: int = 0
+    passes: int = 0
 
 
 def run_packed(requests: list[tuple], token_budget: int, forward: Callable, rows=NumpyRows,
@@ -71,41 +102,50 @@ def run_packed(requests: list[tuple], token_budget: int, forward: Callable, rows
 
     `requests` holds (input_ids [n_i, T_i], attention_mask [n_i, T_i]) pairs, right-padded;
     the result holds one pooled array [n_i, H] per request. `keep(i)` is asked before each
-    pass: a request it turns down (cancelled, past its deadline) costs no further compute.
+    pass for the requests in it: the rows of one it turns down (cancelled, past its deadline)
+    are left out of every later pass.
     """
-    owners, sources = [], []
-    for index, (ids, mask) in enumerate(requests):
-        for row, length in enumerate(rows.lengths(mask).tolist()):
-            owners.append(index)
-            sources.append((ids, row, int(length)))
-    lengths = np.array([length for _, _, length in sources], dtype=np.int64)
     result = Packed([None] * len(requests), [0] * len(requests))
-    dropped = set()
-    for chunk in plan_chunks(lengths, token_budget, max_padding):
-        for index in {owners[row] for row in chunk} - dropped:
-            if not keep(index):
-                dropped.add(index)
-        chunk = [row for row in chunk if owners[row] not in dropped]
-        if not chunk:
-            continue
-        longest = int(lengths[chunk].max())
-        ids, mask = rows.ids(len(chunk), longest)
-        for i, row in enumerate(chunk):
-            source, source_row, length = sources[row]
-            ids[i, :length] = source[source_row, :length]
-            mask[i, :length] = 1
-        started = time.perf_counter()
-        pooled = forward(ids, mask)
-        seconds = time.perf_counter() - started
-        real = int(lengths[chunk].sum())
-        result.computed_tokens += len(chunk) * longest
-        result.real_tokens += real
-        for i, row in enumerate(chunk):
-            index = owners[row]
-            if result.pooled[index] is None:
-                result.pooled[index] = rows.output(requests[index][0].shape[0], pooled.shape[1])
-            result.pooled[index][sources[row][1]] = pooled[i]
-            result.encode_us[index] += int(seconds * 1e6 * int(lengths[row]) / real)
-    for index in dropped:
-        result.pooled[index] = None
+    if not requests:
+        return result
+    started = time.perf_counter()
+    counts = [rows.lengths(mask) for _, mask in requests]
+    lengths = np.concatenate(counts)
+    owners = np.repeat(np.arange(len(requests)), [len(c) for c in counts])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    dropped: set[int] = set()
+    todo = np.arange(len(lengths))
+    staged, out = None, None
+    while len(todo):
+        chunks = plan_chunks(lengths[todo], token_budget, max_padding)
+        order = todo[np.concatenate(chunks)]
+        staged = rows.stage(requests, starts, lengths, order) if staged is None else rows.reorder(staged, order)
+        begin, replan = 0, False
+        for chunk in chunks:
+            end = begin + len(chunk)
+            turned_down = {int(i) for i in set(owners[order[begin:end]].tolist()) - dropped if not keep(int(i))}
+            if turned_down:
+                dropped |= turned_down
+                todo = order[begin:][~np.isin(owners[order[begin:]], list(dropped))]
+                replan = True
+                break
+            longest = int(lengths[order[begin:end]].max())
+            pooled = forward(*rows.gather(staged, begin, end, longest))
+            if out is None:
+                out = rows.output(len(lengths), pooled.shape[1])
+            rows.scatter(out, staged, begin, end, pooled)
+            result.computed_tokens += (end - begin) * longest
+            result.real_tokens += int(lengths[order[begin:end]].sum())
+            result.passes += 1
+            begin = end
+        if not replan:
+            break
+    host = rows.finish(out) if out is not None else None
+    seconds = time.perf_counter() - started
+    first = 0
+    for index, count in enumerate(counts):
+        if index not in dropped and host is not None:
+            result.pooled[index] = host[first:first + len(count)]
+            result.encode_us[index] = int(seconds * 1e6 * float(count.sum()) / max(1, result.real_tokens))
+        first += len(count)
     return result

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .lora import merge_lora
 from .parity import GATES, PARITY_FILE, ParityCheck
 from .pooling import last_token_torch
@@ -21,28 +23,61 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 class TorchRows:
-    """Packed chunks in (pinned, on a GPU host) CPU memory; pooled rows gathered on the CPU."""
+    """Rows on the engine's device (see packing.NumpyRows): every request's real tokens go over
+    once, through pinned host memory (torch's caching host allocator reuses it), each pass is
+    gathered on the device, the pooled states come back once: one host sync per execute."""
 
-    def __init__(self, pin: bool):
+    def __init__(self, device):
         import torch
 
-        self.torch, self.pin = torch, pin
+        self.torch, self.device, self.pin = torch, device, device.type == "cuda"
 
     @staticmethod
     def lengths(mask):
-        return mask.sum(1)
+        return np.asarray(mask.sum(1).cpu().numpy(), np.int64)
 
-    def ids(self, rows: int, length: int):
-        zeros = self.torch.zeros
-        return (zeros((rows, length), dtype=self.torch.int64, pin_memory=self.pin),
-                zeros((rows, length), dtype=self.torch.int64, pin_memory=self.pin))
+    def _upload(self, host):
+        if not self.pin:
+            return host.to(self.device)
+        staging = self.torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+        staging.copy_(host)
+        return staging.to(self.device, non_blocking=True)
+
+    def stage(self, requests, starts, lengths, order):
+        flat = self.torch.cat([ids[mask.bool()] for ids, mask in requests])
+        return [self._upload(flat), *(self._upload(self.torch.from_numpy(a)) for a in (starts, lengths, order))]
+
+    def reorder(self, staged, order):
+        return [*staged[:3], self._upload(self.torch.from_numpy(order))]
+
+    def gather(self, staged, begin: int, end: int, longest: int):
+        torch = self.torch
+        flat, starts, lengths, order = staged
+        rows = order[begin:end]
+        steps = torch.arange(longest, device=self.device)
+        mask = steps[None, :] < lengths[rows][:, None]
+        index = (starts[rows][:, None] + steps[None, :]).clamp_(max=flat.numel() - 1)
+        return torch.where(mask, flat[index], 0), mask.long()
 
     def output(self, rows: int, width: int):
-        return self.torch.zeros((rows, width), dtype=self.torch.float32)
+        return self.torch.empty((rows, width), dtype=self.torch.float32, device=self.device)
+
+    @staticmethod
+    def scatter(out, staged, begin: int, end: int, pooled) -> None:
+        out[staged[3][begin:end]] = pooled.float()
+
+    def finish(self, out):
+        if not self.pin:
+            return out.cpu()
+        host = self.torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        self.torch.cuda.current_stream(self.device).synchronize()  # the execute's one sync
+        return host
 
 
 class TorchEngine:
-    def __init__(self, folder: Path, precision: str, device: str | None = None, threads: int | None = None):
+    def __init__(self, folder: Path, precision: str, device: str | None = None, threads: int | None = None,
+                 compile_buckets: tuple[int, ...] = ()):
         import torch
         from safetensors.torch import load_file
 
@@ -52,8 +87,8 @@ class TorchEngine:
             raise ValueError(f"precision must be one of {', '.join(GATES)}, not {precision!r}")
         self.torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        # half precision is for the GPU; a CPU runs the same engine in fp32
-        self.precision = precision if self.device.type == "cuda" else "fp32"
+        # a CPU has bf16 kernels but no fast fp16 ones: there fp16 runs as fp32, bf16 as asked
+        self.precision = precision if self.device.type == "cuda" or precision == "bf16" else "fp32"
         if self.device.type == "cpu" and threads:
             torch.set_num_threads(threads)
         config = json.loads((folder / CONFIG_FILE).read_text())
@@ -62,31 +97,70 @@ class TorchEngine:
         merge_lora(state, load_file(str(folder / ADAPTER_FILE)), float(config["lora_scaling"]))
         model = EuroBert(config)
         model.load_state_dict(state, strict=True)
-        self.model = model.to(self.device, getattr(torch, DTYPES[self.precision])).eval()
-        self.rows = TorchRows(pin=self.device.type == "cuda")
+        self.model = model.placed(self.device, getattr(torch, DTYPES[self.precision])).eval()
+        self.rows = TorchRows(self.device)
         self.vocab_size = int(config["vocab_size"])
         self.width = int(config["hidden_size"])
+        self.compiled = CompiledShapes(self.model, compile_buckets) if compile_buckets else None
 
     def forward(self, input_ids, attention_mask):
-        """ids, mask [b, T] (CPU) -> pooled [b, H] float32 on the CPU."""
+        """ids, mask [b, T] (on any device) -> pooled [b, H] on the engine's device, not synced."""
         torch = self.torch
         with torch.inference_mode():
             ids = input_ids.to(self.device, non_blocking=True)
             mask = attention_mask.to(self.device, non_blocking=True)
-            pooled = last_token_torch(self.model(ids, mask), mask.sum(1))
-            return pooled.float().cpu()
+            if self.compiled is not None:
+                return self.compiled(ids, mask)
+            return last_token_torch(self.model(ids, mask), mask.sum(1))
+
+    def embed(self, input_ids, attention_mask) -> np.ndarray:
+        """The same on the host, as float32 numpy (parity, calibration)."""
+        return self.forward(input_ids, attention_mask).float().cpu().numpy()
 
     def check_parity(self, folder: Path, what: str) -> float:
         check = ParityCheck.load(folder / PARITY_FILE)
         ids, mask = (self.torch.from_numpy(a.astype("int64")) for a in (check.input_ids, check.attention_mask))
-        return check.gate(self.forward(ids, mask).numpy(), self.precision, what)
+        return check.gate(self.embed(ids, mask), self.precision, what)
 
     def warm_up(self, token_budget: int) -> None:
-        """The first request must not pay for kernel selection and allocation."""
+        """The first request must not pay for kernel selection, allocation or compilation: every
+        compiled length bucket runs once here (state the time it takes: the load time)."""
         torch = self.torch
-        shapes = ((1, 8), (4, 64), (max(1, token_budget // 512), 512)) if self.device.type == "cuda" else ((1, 8),)
+        shapes = [(1, 8), (4, 64), (max(1, token_budget // 512), 512)] if self.device.type == "cuda" else [(1, 8)]
+        if self.compiled is not None:
+            shapes += [(max(1, min(4, token_budget // length)), length) for length in self.compiled.buckets]
         for rows, length in shapes:
             ids = torch.ones((rows, min(length, token_budget)), dtype=torch.int64)
             self.forward(ids, torch.ones_like(ids))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+class CompiledShapes:
+    """The model through `torch.compile`, one graph per length bucket (rows stay dynamic): each
+    pass is padded to the next bucket, so a handful of compiled graphs cover every pass and fused
+    kernels replace most of the ~560 launches of an eager forward. Compiled during warm-up."""
+
+    def __init__(self, model, buckets: tuple[int, ...]):
+        import torch
+
+        self.torch, self.buckets = torch, tuple(sorted(buckets))
+        torch._dynamo.config.cache_size_limit = max(8, 2 * len(self.buckets))
+        self.model = model
+        self.compiled = torch.compile(model)  # dynamic in rows (marked), static in length
+
+    def bucket(self, length: int) -> int | None:
+        return next((b for b in self.buckets if b >= length), None)
+
+    def __call__(self, ids, mask):
+        torch = self.torch
+        length = self.bucket(ids.shape[1])
+        if length is None:  # longer than every bucket: eager
+            return last_token_torch(self.model(ids, mask), mask.sum(1))
+        pad = length - ids.shape[1]
+        if pad:
+            ids = torch.nn.functional.pad(ids, (0, pad))
+            mask = torch.nn.functional.pad(mask, (0, pad))
+        torch._dynamo.mark_dynamic(ids, 0)
+        torch._dynamo.mark_dynamic(mask, 0)
+        return last_token_torch(self.compiled(ids, mask), mask.sum(1))

@@ -152,14 +152,16 @@ def _requests(texts: list[Text], documents_per_request: int) -> list[list[Text]]
 
 
 def token_totals(metrics_text: str, model: str | None = None) -> dict[str, float]:
-    """The encoders' token counters (computed = padded, real) from a Prometheus scrape."""
-    from prometheus_client.parser import text_string_to_metric_families
+    """The encoders' token counters (computed = padded, real) from a Prometheus scrape (standard
+    library only: the GPU check runs this where prometheus_client is not installed)."""
+    import re
 
     totals = {"computed": 0.0, "real": 0.0}
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == TOKENS_METRIC and (model is None or sample.labels.get("model") == model):
-                totals[sample.labels["kind"]] += sample.value
+    for line in metrics_text.splitlines():
+        if line.startswith(TOKENS_METRIC + "{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line[:line.rindex("}")]))
+            if model is None or labels.get("model") == model:
+                totals[labels["kind"]] += float(line.rsplit(" ", 1)[1])
     return totals
 
 

@@ -53,17 +53,23 @@ def triton_files(stub_python: str = STUB_PYTHON) -> list[tuple[Path, str]]:
     return files
 
 
-def make_bundle(out: Path, progress=print) -> Path:
+def make_bundle(out: Path, progress=print, python: str = STUB_PYTHON, preset: int = 6) -> Path:
+    """The bundle for a machine whose stubs run Python `python` (3.12 on the GPU machine; the box
+    emulation in CI uses this machine's 3.11)."""
     out.mkdir(parents=True, exist_ok=True)
-    files = triton_files()
+    files = triton_files(python)
     progress(f"triton.tar.xz: {len(files)} files (compressing, about a minute)")
-    with tarfile.open(out / "triton.tar.xz", "w:xz", preset=6) as archive:
+    with tarfile.open(out / "triton.tar.xz", "w:xz", preset=preset) as archive:
         for path, name in files:
             archive.add(path, arcname=name)
-    if not list(out.glob("numpy-1.26.4-cp312-*.whl")):
-        progress("numpy 1.26.4 for Python 3.12")
+    tag = python.replace(".", "")
+    for stale in out.glob("numpy-*.whl"):
+        if f"-cp{tag}-" not in stale.name:
+            stale.unlink()
+    if not list(out.glob(f"numpy-1.26.4-cp{tag}-*.whl")):
+        progress(f"numpy 1.26.4 for Python {python}")
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "--python-version", "3.12", "--platform", "manylinux_2_17_x86_64",
+                        "--python-version", python, "--platform", "manylinux_2_17_x86_64",
                         "--platform", "manylinux2014_x86_64", "-d", str(out), "numpy==1.26.4"], check=True)
     from jina_triton_build.synth_tokenizer import real_tokenizer_json
 
@@ -76,7 +82,9 @@ def make_bundle(out: Path, progress=print) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jina_triton_serving.gpu_bundle", description=__doc__)
     parser.add_argument("--out", default=".gpu-bundle")
-    make_bundle(Path(parser.parse_args(argv).out))
+    parser.add_argument("--python", default=STUB_PYTHON, help="the Python version of the machine's stubs")
+    args = parser.parse_args(argv)
+    make_bundle(Path(args.out), python=args.python)
     return 0
 
 

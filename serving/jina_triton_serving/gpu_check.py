@@ -1,17 +1,25 @@
 """The GPU check, one command: the `cuda` target on the real Triton, served parity, a throughput sweep.
 
 On a machine with an NVIDIA GPU and torch but none of this project's environment
-(`serving/gpu-check.sh` sets it up from a bundle made beforehand by `make gpu-bundle`):
-  1. a SYNTHETIC full-size replica (random weights) with the real vocabulary;
-  2. `build --target cuda` (fp16), Triton started on it (each encoder passes its parity gate or
-     refuses to load);
-  3. served parity over HTTP: 4 tasks x 2 input types x dims {32, 256, 768} x every output type
-     against the reference path (transformers + peft, CPU fp32);
-  4. a sweep on the mixed workload (half queries of 8-32 tokens, half documents of 100-512):
-     the bare engine on packed texts, then the served ensemble at each concurrency with
-     64-text requests: tokens/s, p50/p95, padded/real, served/engine;
-  5. report.json and report.md under --out.
-`--cpu` is the dry run CI does on the tiny replica (PyTorch fp32 on the CPU, the installed Triton).
+(`serving/gpu-check.sh` runs it from a copy of the tree and a bundle made beforehand by
+`make gpu-bundle`):
+  1. environment  Triton unpacked; two stub environments made without pip: numpy<2 (the
+                  bundle's wheel) for the models that move numpy arrays and BYTES, the machine's
+                  own packages (numpy 2, torch) for the torch encoders, which use DLPack only;
+  2. replica      a SYNTHETIC full-size replica (random weights) with the real vocabulary;
+  3. build        `build --target cuda` (fp16): reference parity per task, calibration;
+  4. triton       the real Triton on it (every encoder passes its parity gate or refuses to load);
+  5. numpy        which numpy each stub loaded (from /proc/<pid>/maps);
+  6. parity       served vs reference over HTTP, 4 tasks x 2 input types x dims {32, 256, 768} x
+                  every output, precision-aware (see comparison.py);
+  7. engine       the bare engine on the mixed workload, packed as served;
+  8. served       the ensemble at each concurrency with 64-text requests (one task, then all four
+                  at once): tokens/s, p50/p95, padded/real, served/engine;
+  9. compiled     (GPU only) the bare engine again through torch.compile over length buckets.
+report.json and report.md are rewritten after every step; each step has its own time bound
+and the whole check a deadline (both end it with the report written and exit code 3).
+`--cpu` runs the same steps on the tiny replica with PyTorch on the CPU (bf16 if asked: the
+CPU has bf16 kernels, not fp16 ones): the box emulation CI runs (tests/test_gpu_check.py).
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import os
 import random
 import sys
 import tarfile
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +41,11 @@ from jina_triton_client.contract import INPUT_TYPES, OUTPUTS, TASKS, TIMINGS, TO
 
 DIMENSIONS = (32, 256, 768)
 REQUEST_TEXTS = 64
+# seconds per step on a GPU machine (the dry run on 2 CPU cores gets 3x); all of them well under
+# the device's 600 s per call only together with --deadline
+STEP_SECONDS = {"environment": 90, "replica": 60, "build": 150, "triton": 150, "numpy": 20, "parity": 90,
+                "engine": 60, "served": 150, "compiled": 200}
+COMPILE_BUCKETS = (64, 256, 512)   # the mixed workload: queries of 8-32 tokens, documents of 100-512
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,14 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", help="folder from `make gpu-bundle`: Triton, a numpy<2 wheel, the tokenizer")
     parser.add_argument("--workdir", help="where to build (default: a new private folder under $TMPDIR; a fixed "
                                            "shared path could hold someone else's tritonserver or Python)")
-    parser.add_argument("--cpu", action="store_true", help="dry run: tiny replica, PyTorch fp32 on the CPU")
+    parser.add_argument("--cpu", action="store_true", help="dry run: tiny replica, PyTorch on the CPU")
     parser.add_argument("--precision", default="fp16", choices=("fp16", "bf16", "fp32"))
     parser.add_argument("--concurrency", default=None, help="comma-separated (default 16,64; --cpu: 2)")
     parser.add_argument("--seconds", type=float, default=None, help="per served step (default 20; --cpu: 3)")
     parser.add_argument("--texts", type=int, default=None, help="workload texts (default 4096; --cpu: 64)")
+    parser.add_argument("--deadline", type=float, default=480, help="seconds for the whole check")
+    parser.add_argument("--fail-at", choices=tuple(STEP_SECONDS), help="fail on purpose at this step (tests the "
+                                                                       "report written up to it)")
 
 
-# -- the environment ---------------------------------------------------------------
 def workdir_for(args) -> Path:
     """The given folder, or a fresh one only this user can enter (mode 0700)."""
     import tempfile
@@ -56,40 +72,132 @@ def workdir_for(args) -> Path:
         return Path(args.workdir)
     return Path(tempfile.mkdtemp(prefix="jina-gpu-check-"))
 
-def prepare(bundle: Path | None, workdir: Path, log) -> Path | None:
-    """With a bundle: unpack Triton (JINA_TRITON_HOME) and make the stubs' venv (numpy<2 first,
-    this interpreter's packages after, through a .pth: the 3.12 stub ignores PYTHONPATH).
-    Returns that venv, or None to run the stubs in this interpreter's environment."""
+
+class CheckFailed(RuntimeError):
+    pass
+
+
+class Report:
+    """What the check found so far, on disk after every step: a late failure loses nothing."""
+
+    def __init__(self, out: Path, scale: float, deadline: float):
+        self.out, self.scale = out, scale
+        self.data: dict = {"steps": {}, "failures": []}
+        self.started = time.perf_counter()
+        self._timer = threading.Timer(deadline, self._expired, ("the whole check", deadline))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def write(self) -> None:
+        partial = self.out / "report.json.partial"
+        partial.write_text(json.dumps(self.data, indent=2, default=str))
+        os.replace(partial, self.out / "report.json")
+        (self.out / "report.md").write_text(markdown(self.data))
+
+    def _expired(self, name: str, seconds: float) -> None:
+        self.data["failures"].append(f"{name}: not done within {seconds:.0f} s")
+        self.write()
+        print(f"gpu-check: {name} took longer than {seconds:.0f} s; report in {self.out}", file=sys.stderr, flush=True)
+        os._exit(3)  # Triton and its stubs die with us (PR_SET_PDEATHSIG)
+
+    def step(self, name: str, fail_at: str | None = None):
+        report = self
+
+        class Step:
+            def __enter__(self):
+                self.begun = time.perf_counter()
+                bound = STEP_SECONDS[name] * report.scale
+                self.timer = threading.Timer(bound, report._expired, (f"step {name}", bound))
+                self.timer.daemon = True
+                self.timer.start()
+                if fail_at == name:
+                    raise CheckFailed(f"step {name}: failed on purpose (--fail-at)")
+                return self
+
+            def __exit__(self, kind, error, trace):
+                self.timer.cancel()
+                report.data["steps"][name] = {"seconds": round(time.perf_counter() - self.begun, 1),
+                                              "ok": kind is None}
+                if kind is not None:
+                    report.data["failures"].append(f"step {name}: {error}")
+                report.write()
+                print(f"[{time.perf_counter() - report.started:7.1f} s] {name}: {'done' if kind is None else error}",
+                      flush=True)
+                return False
+
+        return Step()
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self.write()
+
+
+# -- the environment ---------------------------------------------------------------
+def prepare(bundle: Path | None, workdir: Path) -> tuple[Path | None, str]:
+    """With a bundle: Triton unpacked (JINA_TRITON_HOME) and the two stub environments; returns the
+    server's environment (torch side) and the numpy<2 one. Without: this interpreter's, and none."""
     if bundle is None:
-        return None
-    import subprocess
+        return None, ""
     import sysconfig
+
+    from jina_triton_build.stub_env import make_stub_env
 
     root = workdir / "triton"
     if not (root / "pytriton" / "tritonserver" / "bin" / "tritonserver").is_file():
-        log(f"unpacking {bundle / 'triton.tar.xz'}")
-        with tarfile.open(bundle / "triton.tar.xz") as archive:
-            archive.extractall(root, filter="tar")
+        with tarfile.open(bundle / "triton.tar.xz") as archive:  # the filter argument came with 3.11.4
+            archive.extractall(root, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
     os.environ["JINA_TRITON_HOME"] = str(root / "pytriton" / "tritonserver")
-    venv = workdir / "stub-venv"
-    if not (venv / "bin" / "python").exists():
-        log("making the stubs' venv (numpy<2 from the bundle)")
-        subprocess.run([os.path.join(sys.base_prefix, "bin", "python3"), "-m", "venv", str(venv)], check=True)
-        wheels = sorted(bundle.glob("numpy-1.*.whl"))
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                        str(wheels[-1])], check=True)
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    sources = [str(Path(__file__).resolve().parents[2] / part) for part in ("client", "build", "serving",
-                                                                            "model_repository")]
+    sources = [str(Path(p).resolve()) for p in sys.path if (Path(p) / "jina_triton_pipeline").is_dir()][:1]
+    if not sources:
+        raise CheckFailed("jina_triton_pipeline is not importable: run through serving/gpu-check.sh")
     here = sysconfig.get_paths()["purelib"]
-    (site / "jina_triton_paths.pth").write_text(
-        f"import sys; sys.path[:0] = {sources!r}; sys.path.append({here!r})\n")
-    return venv
+    wheels = sorted(bundle.glob("numpy-1.*.whl"))
+    if not wheels:
+        raise CheckFailed(f"{bundle} has no numpy 1.x wheel: make the bundle again (make gpu-bundle)")
+    torch_env = make_stub_env(workdir / "env-torch", first=sources, after=[here])
+    numpy_env = make_stub_env(workdir / "env-numpy1", wheels=[wheels[-1]], first=sources, after=[here])
+    return torch_env, str(numpy_env)
+
+
+def pip_inside(*envs) -> bool:
+    """Whether any stub environment carries pip (it must not need one: made without ensurepip)."""
+    from jina_triton_build.stub_env import site_packages
+
+    return any((site_packages(Path(env)) / "pip").is_dir() for env in envs if env)
+
+
+def stub_numpy(server) -> dict[str, str]:
+    """model -> the numpy its stubs loaded: 1.x has numpy/core/, 2.x numpy/_core/ (from /proc/<pid>/maps)."""
+    found = {}
+    for (model, _), pids in server.stub_pids().items():
+        for pid in pids:
+            try:
+                maps = Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+            line = next((line for line in maps.splitlines() if "_multiarray_umath" in line), None)
+            if line:
+                path = line.split()[-1]
+                found[model] = ("2" if "/numpy/_core/" in path else "1") + " " + path.split("/numpy/")[0]
+    return found
+
+
+def check_numpy(found: dict[str, str], split: bool) -> list[str]:
+    """With two environments: numpy 1 where BYTES and numpy arrays move, the machine's numpy
+    (2 on the GPU box) in the torch encoders."""
+    if not split:
+        return []
+    here = np.__version__.split(".")[0]
+    problems = [f"{model} runs numpy {seen}" for model, seen in found.items()
+                if model.startswith("encoder_") and not seen.startswith(here)]
+    problems += [f"{model} runs numpy {seen}" for model, seen in found.items()
+                 if not model.startswith("encoder_") and not seen.startswith("1")]
+    return problems + ([] if found else ["no stub's numpy found"])
 
 
 # -- the steps ---------------------------------------------------------------------
-def parity_matrix(http, expected, texts: list[str]) -> tuple[list[dict], list[str]]:
-    from .comparison import compare, within_tolerance
+def parity_matrix(http, expected, texts: list[str], precision: str) -> tuple[list[dict], list[str]]:
+    from .comparison import compare
 
     rows, misses = [], []
     for task in TASKS:
@@ -98,51 +206,78 @@ def parity_matrix(http, expected, texts: list[str]) -> tuple[list[dict], list[st
                 got = http.infer(ensemble_name(task), texts, list(OUTPUTS.values()) + [TOKEN_COUNT],
                                  {"input_type": input_type, "dimensions": dims})
                 want = expected.floats(texts, task, input_type, dims, "END")
-                report = compare(got, want, expected.calibration, expected.raw(texts, task, input_type, dims, "END"))
+                found = compare(got, want, expected.tables, expected.raw(texts, task, input_type, dims, "END"),
+                                precision)
                 counts_ok = got[TOKEN_COUNT][:, 0].tolist() == expected.token_counts(texts, input_type, "END").tolist()
-                row = {"task": task, "input_type": input_type, "dimensions": dims, "token_counts_equal": counts_ok,
-                       **{name: found for name, found in report.items()}}
-                rows.append(row)
-                missed = within_tolerance(report, expected.float_cosine) + ([] if counts_ok else ["token counts"])
+                rows.append({"task": task, "input_type": input_type, "dimensions": dims,
+                             "token_counts_equal": counts_ok, **found})
+                missed = found["misses"] + ([] if counts_ok else ["token counts"])
                 misses += [f"{task}/{input_type}/{dims}: {m}" for m in missed]
     return rows, misses
+
+
+def packing_plan(lengths: list[int], rows_per_execute: int, budget: int, padding: float) -> dict:
+    """How the served packing cuts this workload (no GPU needed): passes and padded/real."""
+    from jina_triton_pipeline.packing import plan_chunks
+
+    lengths = np.array(lengths)
+    passes = padded = 0
+    for start in range(0, len(lengths), rows_per_execute):
+        part = lengths[start:start + rows_per_execute]
+        chunks = plan_chunks(part, budget, padding)
+        passes += len(chunks)
+        padded += sum(len(c) * int(part[c].max()) for c in chunks)
+    return {"rows_per_execute": rows_per_execute, "budget": budget, "max_padding": padding,
+            "passes_per_1k_rows": round(1000 * passes / len(lengths), 1),
+            "padded_over_real": round(padded / int(lengths.sum()), 3), "tokens_per_pass": round(padded / passes)}
 
 
 def _requests(texts, count: int = REQUEST_TEXTS) -> list[list]:
     return [texts[start:start + count] for start in range(0, len(texts), count)]
 
 
-def bare_engine(folder: Path, precision: str, rows: list[list[int]], budget: int, seconds: float) -> dict:
-    """The served encoder's own engine and packing, without Triton, on the same texts."""
+def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, seconds: float,
+                buckets: tuple[int, ...] = ()) -> dict:
+    """The served encoder's own engine and packing, without Triton, on the same texts: requests of
+    64 texts meeting `encoder_max_rows` rows per execute, as the batcher hands them over."""
     import torch
 
     from jina_triton_pipeline.packing import run_packed
     from jina_triton_pipeline.torch_engine import TorchEngine
 
-    engine = TorchEngine(folder, precision)
-    engine.warm_up(budget)
-    batches = []
+    loaded = time.perf_counter()
+    engine = TorchEngine(folder, precision, compile_buckets=buckets)
+    engine.warm_up(options.token_budget)
+    load_seconds = time.perf_counter() - loaded
+    requests = []
     for group in _requests(rows):
         longest = max(len(r) for r in group)
         ids = torch.zeros((len(group), longest), dtype=torch.int64)
         mask = torch.zeros_like(ids)
         for i, row in enumerate(group):
             ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
-        batches.append((ids, mask))
-    run_packed(batches, budget, engine.forward, rows=engine.rows)  # warm: every shape of this workload once
-    real = computed = 0
-    passes = 0
+        requests.append((ids, mask))
+    per_execute = max(1, options.encoder_max_rows // REQUEST_TEXTS)
+    executes = [requests[i:i + per_execute] for i in range(0, len(requests), per_execute)]
+
+    def everything():
+        real = computed = 0
+        for batch in executes:
+            packed = run_packed(batch, options.token_budget, engine.forward, rows=engine.rows,
+                                max_padding=options.max_padding)
+            real, computed = real + packed.real_tokens, computed + packed.computed_tokens
+        return real, computed
+
+    everything()  # warm: every shape of this workload once
+    real = computed = passes = 0
     started = time.perf_counter()
     while passes == 0 or time.perf_counter() - started < seconds:
-        packed = run_packed(batches, budget, engine.forward, rows=engine.rows)  # all requests queued at once
-        real += packed.real_tokens
-        computed += packed.computed_tokens
-        passes += 1
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize()
+        done = everything()
+        real, computed, passes = real + done[0], computed + done[1], passes + 1
     elapsed = time.perf_counter() - started
-    return {"tokens_per_s": round(real / elapsed, 1), "padded_ratio": round(computed / real, 3), "passes": passes,
-            "device": str(engine.device), "precision": engine.precision}
+    return {"tokens_per_s": round(real / elapsed, 1), "padded_ratio": round(computed / real, 3), "rounds": passes,
+            "device": str(engine.device), "precision": engine.precision, "compiled": list(buckets),
+            "load_and_warm_up_s": round(load_seconds, 1)}
 
 
 def _encoder_tokens(metrics_url: str) -> dict:
@@ -152,7 +287,10 @@ def _encoder_tokens(metrics_url: str) -> dict:
         return token_totals(reply.read().decode())
 
 
-def served(http, metrics_url: str, texts, concurrency: int, seconds: float) -> dict:
+def served(http, metrics_url: str, texts, concurrency: int, seconds: float, tasks=("retrieval",)) -> dict:
+    """Closed-loop users sending 64-text requests; with several tasks, each request goes to a random
+    one: four encoder stubs then share the GPU, which is what decides between one stub per task
+    and one stub holding every task's weights."""
     requests = _requests(texts)
     latencies, tokens, errors = [], [0], [0]
     stop = time.perf_counter() + seconds
@@ -163,9 +301,8 @@ def served(http, metrics_url: str, texts, concurrency: int, seconds: float) -> d
             group = rng.choice(requests)
             started = time.perf_counter()
             try:
-                got = http.infer(ensemble_name("retrieval"), [t.text for t in group], [OUTPUTS["float"], TOKEN_COUNT,
-                                                                                     TIMINGS],
-                                 {"input_type": group[0].input_type})
+                got = http.infer(ensemble_name(rng.choice(tasks)), [t.text for t in group],
+                                 [OUTPUTS["float"], TOKEN_COUNT, TIMINGS], {"input_type": group[0].input_type})
                 tokens[0] += int(got[TOKEN_COUNT].sum())
                 latencies.append((time.perf_counter() - started) * 1000)
             except Exception:  # noqa: BLE001 - counted, reported
@@ -179,7 +316,7 @@ def served(http, metrics_url: str, texts, concurrency: int, seconds: float) -> d
     after = _encoder_tokens(metrics_url)
     lat = np.array(latencies or [np.nan])
     real = after["real"] - before["real"]
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors[0],
+    return {"concurrency": concurrency, "tasks": len(tasks), "requests": len(latencies), "errors": errors[0],
             "tokens_per_s": round(tokens[0] / elapsed, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p95_ms": round(float(np.percentile(lat, 95)), 1),
             "padded_ratio": round((after["computed"] - before["computed"]) / real, 3) if real else None}
@@ -187,8 +324,6 @@ def served(http, metrics_url: str, texts, concurrency: int, seconds: float) -> d
 
 # -- the whole check ----------------------------------------------------------------
 def run(args) -> int:
-    import logging
-
     from jina_triton_build.checkpoint import open_checkpoint
     from jina_triton_build.options import BuildOptions
     from jina_triton_build.reference import ReferenceEncoder
@@ -204,91 +339,125 @@ def run(args) -> int:
     from .server import TritonServer
     from .workload import Workload, token_counter
 
-    log = logging.getLogger("jina_triton.gpu_check").info
     out, workdir = Path(args.out), workdir_for(args)
     out.mkdir(parents=True, exist_ok=True)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     concurrency = [int(c) for c in (args.concurrency or ("2" if args.cpu else "16,64")).split(",")]
     seconds = args.seconds or (3.0 if args.cpu else 20.0)
     count = args.texts or (64 if args.cpu else 4096)
-    started = time.perf_counter()
-    timings = {}
-
-    def step(name):
-        timings[name] = round(time.perf_counter() - started, 1)
-        log(f"[{timings[name]:7.1f} s] {name}")
-
-    bundle = Path(args.bundle) if args.bundle else None
-    stub_env = prepare(bundle, workdir, log)
-    step("environment ready")
-    tokenizer = str(bundle / "tokenizer.json") if bundle and (bundle / "tokenizer.json").is_file() else "real"
-    checkpoint = open_checkpoint(write_synthetic_checkpoint(workdir / "checkpoint", "tiny" if args.cpu else "full",
-                                                            tokenizer=tokenizer))
-    step("synthetic replica written")
-    reference = ReferenceEncoder(checkpoint)
-    options = BuildOptions(target="cuda", precision=args.precision)
-    build_repository(checkpoint, workdir / "repository", options, workdir / "cache", log, reference)
-    options = options.resolved()
-    step("cuda target built")
+    report = Report(out, 3.0 if args.cpu else 1.0, args.deadline)
+    data = report.data
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    precision = args.precision if gpu else "fp32"
-    report = {"device": gpu or "CPU (no CUDA device: PyTorch fp32)", "precision": precision,
-              "checkpoint": checkpoint.label, "torch": torch.__version__, "dry_run": args.cpu,
-              "token_budget": options.token_budget, "queue_delay_us": options.queue_delay_us}
-    texts = verification_texts() + ["emoji 🚀 and ünïcödé", "日本語のテキストです。"]
-    workload = Workload(token_counter(checkpoint.path / "tokenizer.json"), 0).texts("mixed", count)
-    encoder_tokenizer = TextTokenizer(checkpoint.path / "tokenizer.json", options.max_length)
-    rows = [encoder_tokenizer.token_ids([t.text], t.input_type, "END")[0] for t in workload]
-    server = TritonServer.on_free_ports(workdir / "repository", log_file=out / "triton.log", python_env=stub_env)
-    failures = []
-    with server:
-        step("Triton ready (every encoder passed its parity gate)")
-        http = HttpInfer(server.http_url)
-        expected = Expected(reference, workdir / "repository", options.max_length)
-        expected.float_cosine = GATES[precision]
-        report["parity"], misses = parity_matrix(http, expected, texts)
-        failures += misses
-        report["parity_float_cosine_bar"] = GATES[precision]
-        report["parity_min_float_cosine"] = min(row["float"]["min_cosine"] for row in report["parity"])
-        step("served parity checked")
-        folder = workdir / "repository" / encoder_name("retrieval") / "1"
-        report["engine"] = bare_engine(folder, precision, rows, options.token_budget, seconds)
-        budgets = (8192,) if args.cpu else (8192, 16384, 65536)  # to choose the GPU's budget by measurement
-        report["engine_budgets"] = {budget: bare_engine(folder, precision, rows, budget, seconds / 2)["tokens_per_s"]
-                                    for budget in budgets}
-        step("bare engine measured")
-        report["served"] = [served(http, server.metrics_url, workload, c, seconds) for c in concurrency]
-        failures += [f"served at concurrency {s['concurrency']}: {s['errors']} errors" for s in report["served"]
-                     if s["errors"]]
-        for row in report["served"]:
-            row["served_over_engine"] = round(row["tokens_per_s"] / report["engine"]["tokens_per_s"], 3)
-        step("served sweep measured")
-    report["workload"] = {"texts": count, "real_tokens": sum(len(r) for r in rows), "profile": "mixed"}
-    report["steps_s"] = timings
-    report["failures"] = failures
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report))
-    print(markdown(report))
-    return 1 if failures else 0
+    precision = args.precision if gpu or args.precision == "bf16" else "fp32"
+    data.update({"device": gpu or f"CPU (no CUDA device: PyTorch {precision})", "precision": precision,
+                 "torch": torch.__version__, "numpy": np.__version__, "python": sys.version.split()[0],
+                 "dry_run": args.cpu, "parity_float_cosine_bar": GATES[precision]})
+    bundle = Path(args.bundle) if args.bundle else None
+    try:
+        with report.step("environment", args.fail_at):
+            stub_env, numpy_env = prepare(bundle, workdir)
+            data["environments"] = {"server (torch side)": str(stub_env or sys.prefix), "numpy<2 models": numpy_env,
+                                    "pip inside": pip_inside(stub_env, numpy_env)}
+        with report.step("replica", args.fail_at):
+            tokenizer = str(bundle / "tokenizer.json") if bundle and (bundle / "tokenizer.json").is_file() else "real"
+            preset = "tiny" if args.cpu else "full"
+            written = write_synthetic_checkpoint(workdir / "checkpoint", preset, tokenizer=tokenizer)
+            checkpoint = open_checkpoint(written)
+            data["checkpoint"] = checkpoint.label
+        with report.step("build", args.fail_at):
+            reference = ReferenceEncoder(checkpoint)
+            options = BuildOptions(target="cuda", precision=args.precision, numpy_env=numpy_env)
+            build_repository(checkpoint, workdir / "repository", options, workdir / "cache", None, reference)
+            options = options.resolved()
+            data["options"] = {name: getattr(options, name) for name in (
+                "token_budget", "max_padding", "encoder_max_rows", "queue_delay_us", "preprocess_instances",
+                "postprocess_instances")}
+        texts = verification_texts() + ["emoji 🚀 and ünïcödé", "日本語のテキストです。"]
+        workload = Workload(token_counter(checkpoint.path / "tokenizer.json"), 0).texts("mixed", count)
+        encoder_tokenizer = TextTokenizer(checkpoint.path / "tokenizer.json", options.max_length)
+        rows = [encoder_tokenizer.token_ids([t.text], t.input_type, "END")[0] for t in workload]
+        data["workload"] = {"texts": count, "real_tokens": sum(len(r) for r in rows), "profile": "mixed"}
+        data["packing"] = [packing_plan([len(r) for r in rows], per, options.token_budget, bound)
+                           for per in (REQUEST_TEXTS, options.encoder_max_rows)
+                           for bound in (1.10, options.max_padding)]
+        server = TritonServer.on_free_ports(workdir / "repository", log_file=out / "triton.log",
+                                            python_env=stub_env)
+        try:
+            with report.step("triton", args.fail_at):
+                server.start()
+                server.wait_ready(STEP_SECONDS["triton"] * report.scale)
+            with report.step("numpy", args.fail_at):
+                data["stub_numpy"] = stub_numpy(server)
+                problems = check_numpy(data["stub_numpy"], bool(numpy_env))
+                if problems:
+                    raise CheckFailed("; ".join(problems))
+            with report.step("parity", args.fail_at):
+                http = HttpInfer(server.http_url)
+                expected = Expected(reference, workdir / "repository", options.max_length)
+                data["parity"], misses = parity_matrix(http, expected, texts, precision)
+                data["parity_min_float_cosine"] = min(row["float"]["min_cosine"] for row in data["parity"])
+                if misses:
+                    raise CheckFailed(f"{len(misses)} misses, first: {misses[:3]}")
+            with report.step("engine", args.fail_at):
+                folder = workdir / "repository" / encoder_name("retrieval") / "1"
+                data["engine"] = bare_engine(folder, precision, rows, options, seconds)
+            with report.step("served", args.fail_at):
+                data["served"] = []
+                for users, tasks in [(users, ("retrieval",)) for users in concurrency] + [(concurrency[-1], TASKS)]:
+                    row = served(http, server.metrics_url, workload, users, seconds, tasks)
+                    row["served_over_engine"] = round(row["tokens_per_s"] / data["engine"]["tokens_per_s"], 3)
+                    data["served"].append(row)
+                    report.write()
+                errors = [f"{r['errors']} errors at concurrency {r['concurrency']}"
+                          for r in data["served"] if r["errors"]]
+                if errors:
+                    raise CheckFailed("; ".join(errors))
+            if gpu:  # torch.compile over length buckets: measured, not assumed (off by default); last, the slowest
+                with report.step("compiled", args.fail_at):
+                    data["engine_compiled"] = bare_engine(folder, precision, rows, options, seconds, COMPILE_BUCKETS)
+        finally:
+            server.stop()
+    except Exception as exc:  # noqa: BLE001 - a step records its own; anything else is recorded here
+        if not any(str(exc) in failure for failure in data["failures"]):
+            data["failures"].append(f"{type(exc).__name__}: {exc}")
+    report.close()
+    print(markdown(data))
+    return 1 if data["failures"] else 0
 
 
 def markdown(report: dict) -> str:
-    engine = report["engine"]
-    lines = [f"## GPU check: {report['device']}, {report['precision']}", "", report["checkpoint"], "",
-             f"Parity (served vs reference, 4 tasks x 2 input types x dims {DIMENSIONS} x every output): "
-             f"min float cosine {report['parity_min_float_cosine']:.7f} (bar {report['parity_float_cosine_bar']}); "
-             + ("all within tolerance" if not report["failures"] else "MISSES: " + "; ".join(report["failures"])),
-             "", f"Bare engine ({engine['device']}, {engine['precision']}, budget {report['token_budget']}): "
-             f"{engine['tokens_per_s']} real tokens/s, padded/real {engine['padded_ratio']}; other budgets: "
-             + ", ".join(f"{b}: {t}" for b, t in report.get("engine_budgets", {}).items()), "",
-             "| concurrency | requests | errors | tokens/s | p50 ms | p95 ms | padded/real | served/engine |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in report["served"]:
-        lines.append(f"| {row['concurrency']} | {row['requests']} | {row['errors']} | {row['tokens_per_s']} | "
-                     f"{row['p50_ms']} | {row['p95_ms']} | {row['padded_ratio']} | {row['served_over_engine']} |")
-    lines += ["", "Steps (s since start): " + ", ".join(f"{k} {v}" for k, v in report["steps_s"].items())]
+    lines = [f"## GPU check: {report.get('device')}, {report.get('precision')}", "",
+             str(report.get("checkpoint", "")), "",
+             "Steps: " + ", ".join(f"{name} {step['seconds']} s{'' if step['ok'] else ' (FAILED)'}"
+                                   for name, step in report["steps"].items())]
+    if "stub_numpy" in report:
+        lines += ["", "numpy per model: " + ", ".join(f"{m}: {v.split()[0]}" for m, v in
+                                                       sorted(report["stub_numpy"].items()))]
+    if "parity_min_float_cosine" in report:
+        lines += ["", f"Parity (served vs reference, 4 tasks x 2 input types x dims {DIMENSIONS} x every output; "
+                      f"quantized outputs vs quantizing the served float): min float cosine "
+                      f"{report['parity_min_float_cosine']:.7f} (bar {report['parity_float_cosine_bar']})"]
+    for key in ("engine", "engine_compiled"):
+        if key in report:
+            engine = report[key]
+            compiled = f" (compiled: {','.join(map(str, engine['compiled']))})" if engine["compiled"] else ""
+            lines += ["", f"Bare engine{compiled} "
+                          f"({engine['device']}, {engine['precision']}): {engine['tokens_per_s']} real tokens/s, "
+                          f"padded/real {engine['padded_ratio']}, load + warm-up {engine['load_and_warm_up_s']} s"]
+    if report.get("packing"):
+        lines += ["", "| rows per execute | budget | padding bound | passes / 1k rows | padded/real | tokens/pass |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {p['rows_per_execute']} | {p['budget']} | {p['max_padding']} | {p['passes_per_1k_rows']} | "
+                  f"{p['padded_over_real']} | {p['tokens_per_pass']} |" for p in report["packing"]]
+    if report.get("served"):
+        lines += ["", "| concurrency | tasks | requests | errors | tokens/s | p50 ms | p95 ms | padded/real | "
+                      "served/engine |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['concurrency']} | {r['tasks']} | {r['requests']} | {r['errors']} | {r['tokens_per_s']} | "
+                  f"{r['p50_ms']} | {r['p95_ms']} | {r['padded_ratio']} | {r.get('served_over_engine')} |"
+                  for r in report["served"]]
+    lines += ["", "Failures: " + ("none" if not report["failures"] else "; ".join(report["failures"]))]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,8 @@ class TritonPythonModel:
         engine = OnnxEngine(Path(args["model_repository"]) / args["model_version"] / "model.onnx",
                             int(params["threads"]), int(params["vocab_size"]))
         self.step = EncoderStep(pb_utils, engine, NumpyTensors(pb_utils), int(params["token_budget"]),
-                                limit(params, "max_length"), args["model_name"], args.get("model_instance_name", ""))
+                                limit(params, "max_length"), args["model_name"], args.get("model_instance_name", ""),
+                                float(params["max_padding"]))
 
     def execute(self, requests):
         return self.step.execute(requests)

@@ -1,10 +1,13 @@
 """encoder_<task>, `cuda` target: the merged encoder in PyTorch; refuses to load below its parity gate."""
+import time
 from pathlib import Path
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from jina_triton_pipeline.encoding import DlpackTensors, EncoderStep
 from jina_triton_pipeline.parity import ParityError
+from jina_triton_pipeline.tokenization import parse_buckets
 from jina_triton_pipeline.torch_engine import TorchEngine
 from jina_triton_pipeline.triton_adapter import limit, model_parameters
 
@@ -15,17 +18,22 @@ class TritonPythonModel:
         folder = Path(args["model_repository"]) / args["model_version"]
         gpu = args.get("model_instance_kind") == "GPU"
         device = f"cuda:{args.get('model_instance_device_id', 0)}" if gpu else "cpu"
-        engine = TorchEngine(folder, params["precision"], device, int(params["threads"]))
+        engine = TorchEngine(folder, params["precision"], device, int(params["threads"]),
+                             parse_buckets(params.get("compile_buckets", "")))
+        started = time.perf_counter()
+        engine.warm_up(int(params["token_budget"]))  # before the gate: it must pass on the path that serves
         try:
             cosine = engine.check_parity(folder, args["model_name"])
         except ParityError as exc:  # the model does not load
             pb_utils.Logger.log_error(str(exc))
             raise
         pb_utils.Logger.log_info(f"{args['model_name']}: parity gate passed on {engine.device} "
-                                 f"({engine.precision}), minimum cosine {cosine:.7f}")
-        engine.warm_up(int(params["token_budget"]))
+                                 f"({engine.precision}{', compiled' if engine.compiled else ''}), minimum cosine "
+                                 f"{cosine:.7f}; warm-up and gate {time.perf_counter() - started:.1f} s; "
+                                 f"numpy {np.__version__}")
         self.step = EncoderStep(pb_utils, engine, DlpackTensors(pb_utils), int(params["token_budget"]),
-                                limit(params, "max_length"), args["model_name"], args.get("model_instance_name", ""))
+                                limit(params, "max_length"), args["model_name"], args.get("model_instance_name", ""),
+                                float(params["max_padding"]))
 
     def execute(self, requests):
         return self.step.execute(requests)
