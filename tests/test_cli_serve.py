@@ -57,7 +57,7 @@ def serving(tiny_repository, tmp_path_factory):
     try:
         assert _wait(lambda: "INFO try: " in log.read_text() or process.poll() is not None, 240), log.read_text()[-3000:]
         gateway = f"http://127.0.0.1:{ports['gateway']}"
-        assert _wait(lambda: _get(f"{gateway}/ready")[0] == 200, 60), log.read_text()[-3000:]
+        assert _wait(lambda: _get(f"{gateway}/ready")[0] == 200, 120), log.read_text()[-3000:]
         yield {"process": process, "ports": ports, "log": log, "gateway": gateway}
     finally:
         if process.poll() is None:
@@ -119,10 +119,10 @@ def test_a_dead_tritonserver_comes_back_and_readiness_says_so(serving):
     before = _regions(pid, prefix)
     assert before, (prefix, sorted(os.listdir("/dev/shm")))
     os.kill(pid, signal.SIGKILL)
-    assert _wait(lambda: _get(f"{serving['gateway']}/ready")[0] == 503, 30), "readiness did not drop"
+    assert _wait(lambda: _get(f"{serving['gateway']}/ready")[0] == 503, 120), "readiness did not drop"
     http = f"http://127.0.0.1:{serving['ports']['http']}/v2/health/ready"
     assert _wait(lambda: _get(http)[0] == 200, 180), serving["log"].read_text()[-3000:]
-    assert _wait(lambda: _get(f"{serving['gateway']}/ready")[0] == 200, 60)
+    assert _wait(lambda: _get(f"{serving['gateway']}/ready")[0] == 200, 120)
     log = serving["log"].read_text()
     assert "tritonserver exited with code" in log and "restarting tritonserver" in log
     left = {path.name for path in Path("/dev/shm").glob(prefix + "*")}
@@ -138,3 +138,25 @@ def test_sigterm_stops_everything(serving):
     leftover = subprocess.run(["pgrep", "-f", f"--grpc-port={serving['ports']['grpc']}"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "tritonserver outlived serve"
     assert _get(f"{serving['gateway']}/health", timeout=2)[0] is None, "the gateway outlived serve"
+
+
+def test_serve_gives_up_after_its_restarts_a_minute(tiny_repository, tmp_path):
+    """--max-restarts 1: the first death is restarted, the second within a minute ends serve (exit 1)."""
+    ports = {name: free_port() for name in ("http", "grpc", "metrics")}
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jina_triton_serving.cli", "serve", "--repository", str(tiny_repository), "--no-gateway",
+         "--max-restarts", "1", "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
+         "--metrics-port", str(ports["metrics"])], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    ready = f"http://127.0.0.1:{ports['http']}/v2/health/ready"
+    try:
+        for death in (1, 2):
+            assert _wait(lambda: _get(ready)[0] == 200, 240), log.read_text()[-3000:]
+            os.kill(_triton_pid(ports["grpc"]), signal.SIGKILL)
+            if death == 1:
+                assert _wait(lambda: "restarting tritonserver" in log.read_text(), 120), log.read_text()[-3000:]
+        assert process.wait(timeout=120) == 1
+        assert "died 1 times within a minute: giving up" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -28,13 +27,27 @@ class Answer(Exception):
         return self._message
 
 
-def test_round_robin_takes_turns_and_skips_a_down_endpoint():
+class FakeClock:
+    """`time` for the retry module: monotonic() moves only when the test says so."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+def test_round_robin_takes_turns_and_skips_a_down_endpoint(monkeypatch):
+    from jina_triton_client import retry
+
+    clock = FakeClock()
+    monkeypatch.setattr(retry, "time", clock)
     endpoints = RoundRobin(["a", "b", "c"], cooldown=0.2)
     assert [endpoints.next() for _ in range(4)] == [0, 1, 2, 0]
     endpoints.mark_down(1)
     assert endpoints.next() == 2  # turn 1 is down
     assert endpoints.next(after=0) == 2 and endpoints.next(after=2) == 0
-    time.sleep(0.25)
+    clock.now += 0.25  # its cool-down is over
     assert endpoints.next(after=0) == 1
 
 
@@ -106,14 +119,18 @@ def test_a_request_that_crashed_a_stub_twice_is_not_retried():
         attempts.failed(Answer("INTERNAL", "Stub process 'encoder_retrieval_0_1' is not healthy."))
 
 
-def test_one_deadline_for_the_whole_call():
-    attempts = Attempts(RetryPolicy(backoff=10.0), RoundRobin(["a"]), [0], deadline=time.monotonic() + 0.2)
+def test_one_deadline_for_the_whole_call(monkeypatch):
+    from jina_triton_client import retry
+
+    clock = FakeClock()
+    monkeypatch.setattr(retry, "time", clock)
+    attempts = Attempts(RetryPolicy(backoff=10.0), RoundRobin(["a"]), [0], deadline=clock.now + 0.2)
     attempts.endpoint()
-    assert 0 < attempts.remaining() <= 0.2
+    assert attempts.remaining() == pytest.approx(0.2)
     with pytest.raises(EmbeddingError, match="UNAVAILABLE"):  # the pause would outlast the deadline
         for _ in range(50):
             attempts.failed(Answer("UNAVAILABLE", "busy"))
-    time.sleep(0.25)
+    clock.now += 0.25
     with pytest.raises(EmbeddingError, match="DEADLINE_EXCEEDED"):
         attempts.remaining()
 

@@ -234,9 +234,11 @@ def test_the_picker_takes_the_python_whose_libpython_the_stub_loads():
     for candidate in picker.candidates():
         if Path(candidate).resolve() != Path(picked.stdout.strip()).resolve():
             assert picker.why_not(candidate, loader)  # every other one is refused, with its reason
-    pyenv = Path.home() / ".pyenv" / "versions" / "3.11.7" / "bin" / "python3.11"
-    if pyenv.is_file():  # this machine kind's trap (platform-notes §9)
-        assert "not at its own" in picker.why_not(str(pyenv), loader)
+    # this machine kind's trap (a pyenv Python whose libpython the loader does not find), whether or
+    # not this host has one: the loader pointing elsewhere than the interpreter's own library
+    info = json.loads(subprocess.run([sys.executable, "-c", picker.PROBE], capture_output=True, text=True).stdout)
+    elsewhere = {info["INSTSONAME"]: [f"/opt/elsewhere/{info['INSTSONAME']}"]}
+    assert "not at its own" in picker.why_not(sys.base_prefix + "/bin/python3.11", elsewhere)
 
 
 # -- closed by default, in what platforms run ------------------------------------------------

@@ -167,17 +167,19 @@ def test_overload_is_429_with_retry_after(triton, tmp_path):
         body = {"input": [" ".join(f"w{i}" for i in range(60))] * 64}
 
         def post(_):
-            started = time.monotonic()
             reply = httpx.post(f"{narrow.url}/v1/embeddings", json=body, timeout=120)
-            return reply, time.monotonic() - started
+            return reply, time.monotonic()
 
+        started = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(post, range(8)))
-    refused = [(reply, seconds) for reply, seconds in replies if reply.status_code == 429]
-    assert refused and any(reply.status_code == 200 for reply, _ in replies)
-    for reply, seconds in refused:
-        assert int(reply.headers["retry-after"]) >= 1 and seconds < 1.0
+    refused = [(reply, at) for reply, at in replies if reply.status_code == 429]
+    admitted = [at for reply, at in replies if reply.status_code == 200]
+    assert refused and admitted
+    for reply, at in refused:
+        assert int(reply.headers["retry-after"]) >= 1 and at >= started
         assert _error(reply, 429)["type"] == "rate_limit_error"
+    assert min(at for _, at in refused) < max(admitted)  # refused while an admitted one was still running
 
 
 def test_a_backend_that_is_down_is_503(tmp_path):
@@ -214,11 +216,15 @@ def test_metrics_timing_headers_logs_and_traces(gateway, api):
     for stage in ("tokenization", "queue", "inference"):
         assert value("jina_gateway_stage_duration_seconds_count", stage=stage) >= 3
     assert value("jina_gateway_tokens_total", task="retrieval.passage") > 0
-    assert value("jina_gateway_refused_total", reason="unauthorized") >= 0
+    unauthorized = value("jina_gateway_refused_total", reason="unauthorized")
+    assert httpx.post(f"{gateway.url}/v1/embeddings", json={"input": "x"}).status_code == 401
+    again = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(
+        httpx.get(f"{gateway.url}/metrics").text) for s in family.samples}
+    assert again[("jina_gateway_refused_total", (("reason", "unauthorized"),))] == unauthorized + 1
     lines = [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith("{")]
     ours = [line for line in lines if line.get("request_id") == "rid-42"]
     assert ours and ours[-1]["status"] == 200 and ours[-1]["texts"] == len(TEXTS) and ours[-1]["tokens"] > 0
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(b"POST /v1/embeddings" in body for _, body in Collector.received):
         time.sleep(0.2)
     assert any(path == "/v1/traces" and b"POST /v1/embeddings" in body for path, body in Collector.received)

@@ -23,7 +23,7 @@ from conftest import free_port
 from fake_grpc_triton import FakeTriton
 
 KEY = "gateway-guard-key"
-WAIT = 60  # seconds any event below may take on a slow host; no test measures speed
+WAIT = 120  # seconds any event below may take on a slow host; no test measures speed
 
 
 def _gateway(upstream, *args, env=None, log=None):
@@ -211,3 +211,38 @@ def test_ready_is_cached_so_probes_cost_triton_one_check(fake):
             codes = list(pool.map(lambda _: httpx.get(f"{gw.url}/ready", timeout=WAIT).status_code, range(20)))
         asked = fake.recorder.calls.count("ServerReady") - before
     assert codes == [200] * 20 and 1 <= asked <= 2, asked  # 2: a host slow enough to outlive the cache
+
+
+def test_more_inputs_than_the_gateway_takes_are_400_naming_input(fake):
+    before = len(fake.recorder.calls)
+    with _gateway(fake, "--max-inputs", "3") as gw:
+        reply = httpx.post(f"{gw.url}/v1/embeddings", json={"input": ["a", "b", "c", "d"]}, timeout=WAIT,
+                           headers={"Authorization": f"Bearer {KEY}"})
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "input"
+        assert "more than the limit of 3" in reply.json()["error"]["message"]
+    assert not [call for call in fake.recorder.calls[before:] if call.startswith("ModelInfer")]  # Triton never asked
+
+
+def test_the_gateway_speaks_https_with_its_certificate(fake, certificates):
+    from jina_triton_serving.gateway.process import GatewayProcess
+
+    with GatewayProcess(fake, "--tls-cert", str(certificates / "server.pem"), "--tls-key",
+                        str(certificates / "server.key"), env={"JINA_TRITON_API_KEY": KEY}, tls=True) as gw:
+        assert gw.url.startswith("https://")
+        secure = httpx.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"},
+                           verify=str(certificates / "ca.pem"), timeout=WAIT)
+        assert secure.status_code == 200 and secure.json()["data"]
+        with pytest.raises(httpx.HTTPError):  # plaintext on the TLS port is no way in
+            httpx.get(f"http://127.0.0.1:{gw.port}/v1/models", timeout=WAIT)
+
+
+def test_ready_is_false_while_serve_reports_a_model_down(fake, tmp_path):
+    """`jina-triton serve` writes which models lost a stub or failed to load; /ready says so."""
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"triton": "up", "down": ["encoder_clustering"]}))
+    with _gateway(fake, "--status-file", str(status)) as gw:
+        reply = httpx.get(f"{gw.url}/ready", timeout=WAIT)
+        assert reply.status_code == 503 and "encoder_clustering is down" in " ".join(reply.json()["problems"])
+    status.write_text(json.dumps({"triton": "up", "down": []}))
+    with _gateway(fake, "--status-file", str(status)) as gw:
+        assert httpx.get(f"{gw.url}/ready", timeout=WAIT).status_code == 200

@@ -42,8 +42,9 @@ def box_python() -> Path:
                                "transformers.__version__, peft.__version__)"], capture_output=True, text=True)
     numpy, transformers, peft = versions.stdout.split()
     assert numpy.startswith("2.") and transformers == "5.17.0" and peft == "0.21.0", versions.stdout
+    bare = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     for project in ("jina_triton_build", "jina_triton_serving", "jina_triton_models", "jina_triton_client"):
-        found = subprocess.run([str(python), "-c", f"import {project}"], capture_output=True)
+        found = subprocess.run([str(python), "-c", f"import {project}"], capture_output=True, env=bare)
         assert found.returncode != 0, f"{project} must not be importable in the box's environment"
     return python
 

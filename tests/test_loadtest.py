@@ -50,7 +50,8 @@ def test_fault_run_loses_nothing(tiny_repository, tmp_path, kind, seconds):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(next(tmp_path.glob("fault-*/summary.json")).read_text())
     step = summary["steps"][0]
-    assert step["lost"] == 0 and step["requests"] > 0
+    assert step["lost"] == 0 and step["failures"] == 0 and step["requests"] > 0
+    assert summary["failures_after_fault"] == 0
     assert summary["answered_after_fault"] > 0 and summary["recovery_s"] is not None
     if kind == "stub":
         assert summary["stub_pid_killed"]

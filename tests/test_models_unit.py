@@ -103,10 +103,15 @@ def test_an_encoder_checks_each_request_and_answers_the_rest(encoder):
         assert_clean_invalid(response, field)
 
 
-def test_a_cancelled_request_costs_no_compute(encoder):
+def test_a_cancelled_request_costs_no_compute(encoder, monkeypatch):
+    engine = encoder.step.engine
+    passes = []
+    forward = engine.forward
+    monkeypatch.setattr(engine, "forward", lambda ids, mask: passes.append(tuple(ids.shape)) or forward(ids, mask))
     responses = encoder.execute([Request(_ids([5, 6, 128001]), cancelled=True), Request(_ids([7, 128001]))])
     assert responses[0].error.code() == "UNAVAILABLE" and "cancelled" in responses[0].error.message()
     assert responses[1].error is None
+    assert passes == [(1, 2)]  # one pass, with the live request's one row of two tokens only
 
 
 @pytest.fixture(scope="module")

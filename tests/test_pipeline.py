@@ -1,6 +1,8 @@
 """The plain functions behind the Triton models, without a server."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -152,11 +154,11 @@ def test_packed_run_equals_separate_runs():
     forward = _toy_forward(rng.normal(size=(50, 6)).astype(np.float32))
     requests = _toy_requests(rng)
     calls = []
-    packed = run_packed(requests, 16, lambda ids, mask: calls.append(ids.size) or forward(ids, mask))
+    packed = run_packed(requests, 16, lambda ids, mask: calls.append(ids.shape) or forward(ids, mask))
     for (ids, mask), out, spent in zip(requests, packed.pooled, packed.encode_us):
         assert out.shape == (ids.shape[0], 6) and spent >= 0
         np.testing.assert_allclose(out, forward(ids, mask), rtol=1e-6)
-    assert max(calls) <= 16 or len(calls) > 1
+    assert len(calls) == packed.passes > 1 and all(rows * length <= 16 or rows == 1 for rows, length in calls)
     assert packed.real_tokens == sum(int(mask.sum()) for _, mask in requests) <= packed.computed_tokens
 
 
@@ -175,7 +177,7 @@ def test_a_request_turned_down_between_passes_costs_no_more_compute():
     assert sum(seen) == sum(ids.shape[0] for ids, _ in requests[:2])
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=int(os.environ.get("JINA_TRITON_PROPERTY_CASES", 1500)), deadline=None)
 @given(TEXTS, st.sampled_from(["END", "START"]), st.sampled_from(["query", "document"]),
        st.integers(min_value=8, max_value=80))
 def test_windowed_truncation_equals_tokenizing_in_full(real_tokenizer, text, truncate, input_type, max_length):
@@ -196,20 +198,34 @@ def test_windowed_truncation_equals_tokenizing_in_full(real_tokenizer, text, tru
     assert tokenizer.token_ids([text], input_type, truncate)[0] == want + [tokenizer.eos_id]
 
 
+class CountingTokenizer:
+    """A `tokenizers.Tokenizer` that counts the characters it is asked to tokenize."""
+
+    def __init__(self, inner):
+        self.inner, self.characters = inner, 0
+
+    def encode(self, text, **kwargs):
+        self.characters += len(text)
+        return self.inner.encode(text, **kwargs)
+
+    def encode_batch(self, texts, **kwargs):
+        self.characters += sum(len(text) for text in texts)
+        return self.inner.encode_batch(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 def test_a_huge_text_costs_only_the_tokens_it_keeps(real_tokenizer):
     import copy
-    import time
 
     tokenizer = copy.copy(real_tokenizer)
     tokenizer.max_length = 512
     huge = "lorem ipsum " * 100_000  # 1.2 MB, ~200k tokens in full
-    started = time.perf_counter()
     for truncate in ("END", "START"):
+        tokenizer.tokenizer = CountingTokenizer(real_tokenizer.tokenizer)
         assert len(tokenizer.token_ids([huge], "document", truncate)[0]) == 512
-    windowed = time.perf_counter() - started
-    started = time.perf_counter()
-    tokenizer.tokenizer.encode(huge)
-    assert windowed < (time.perf_counter() - started) / 5
+        assert tokenizer.tokenizer.characters < 20 * 512, (truncate, tokenizer.tokenizer.characters)  # not 1.2M
 
 
 def test_torch_rows_pack_as_the_numpy_rows_do_including_a_request_dropped_midway():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,6 @@ from tritonclient.grpc import model_config_pb2
 from jina_triton_build.tensorrt import plan_profiles, read_profiles
 from jina_triton_client.contract import TASKS
 from jina_triton_pipeline.internals import encoder_name
-from jina_triton_pipeline.parity import ParityCheck
 
 
 def parse(path):
@@ -51,24 +51,27 @@ def test_tensorrt_profiles_cover_the_buckets():
         assert p.max_batch * p.max_length <= 65536
 
 
-# -- the TensorRT step, with fakes ------------------------------------------------------
-def _reference_answers(encoder_dir, noise=0.0):
-    check = ParityCheck.load(encoder_dir / "1" / "parity.npz")
-    return check.reference + noise * np.random.default_rng(0).normal(size=check.reference.shape).astype(np.float32)
-
-
+# -- the TensorRT step, with a stand-in for TensorRT ----------------------------------------
 def _fakes(repository, noise=0.0, fail=False):
-    built = []
+    """`build` and `run` without TensorRT: the "plan" runs the very ONNX graph it was built from on
+    onnxruntime (plus noise, for a plan that went wrong), so the gate compares a real engine's
+    answers on the verification batch with the reference's, never the reference with itself."""
+    from jina_triton_build.engines import ort_session, run_session
+
+    built, sessions = [], {}
 
     def build(onnx, plan, profiles):
         assert onnx.is_file() and profiles.is_file()
         if fail:
             raise RuntimeError("unsupported operator")
         built.append(onnx.parent.parent.name)
-        plan.write_text(onnx.parent.parent.name)
+        plan.write_text(str(onnx))
 
-    def run(plan, ids, mask):  # a plan that answers what its encoder's reference did (plus noise)
-        return _reference_answers(repository / plan.read_text(), noise)
+    def run(plan, ids, mask):
+        onnx = plan.read_text()
+        sessions.setdefault(onnx, ort_session(Path(onnx)))
+        pooled = run_session(sessions[onnx], ids, mask)
+        return pooled + noise * np.random.default_rng(0).normal(size=pooled.shape).astype(np.float32)
 
     return built, build, run
 
@@ -79,7 +82,8 @@ def test_plans_are_built_cached_gated_and_reused(tensorrt_repository, tmp_path):
     built, build, run = _fakes(tensorrt_repository)
     first = choose_engine(tensorrt_repository, tmp_path, "NVIDIA H100 80GB HBM3", "10.8.0", "ab" * 32, build, run)
     assert first.engine == "tensorrt" and sorted(built) == sorted(encoder_name(t) for t in TASKS)
-    assert min(first.cosines.values()) >= 0.9999 and first.triton_arguments() == ["--model-config-name=tensorrt"]
+    assert min(first.cosines.values()) >= 0.99999 and first.triton_arguments() == ["--model-config-name=tensorrt"]
+    assert max(first.cosines.values()) < 1.0  # an engine's answers, not the reference's own
     assert (tensorrt_repository / "encoder_retrieval" / "1" / "model.plan").is_file()
     key = cache_key("NVIDIA H100 80GB HBM3", "10.8.0", "ab" * 32)
     assert key == "NVIDIA-H100-80GB-HBM3-trt10.8.0-abababababababab"
@@ -160,3 +164,34 @@ def test_a_compiled_cuda_encoder_matches_eager_and_passes_its_gate(tmp_path, tin
     assert response.error is None
     want = eager.embed(torch.from_numpy(ids), torch.from_numpy(mask))
     np.testing.assert_allclose(response.outputs["pooled_state"], want, atol=1e-5)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_an_encoder_below_its_parity_gate_stays_unloaded_and_the_rest_serve(tmp_path, cuda_repository):
+    """A corrupted adapter weight in a built repository: that encoder refuses to load (the log says
+    why), its ensemble with it; the server comes up and serves the three other tasks."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from jina_triton_client import EmbeddingClient, EmbeddingError, RetryPolicy
+    from jina_triton_serving.server import TritonServer
+
+    repository = tmp_path / "repository"
+    shutil.copytree(cuda_repository.resolve(), repository)
+    adapter = repository / "encoder_clustering" / "1" / "adapter.safetensors"
+    weights = load_file(str(adapter))
+    first = next(key for key in sorted(weights) if ".lora_B." in key)
+    weights[first] = weights[first] * 50  # one tensor of 168
+    adapter.unlink()  # a hard link into the build cache: write a new file, not through the link
+    save_file(weights, str(adapter))
+    with TritonServer.on_free_ports(repository, log_file=tmp_path / "server.log") as server:
+        assert set(server.failed) == {"encoder_clustering", "embed_clustering"}, server.failed
+        log = (tmp_path / "server.log").read_text()
+        assert "encoder_clustering: parity gate failed, minimum cosine" in log and "below 0.99999 (fp32)" in log
+        with EmbeddingClient(server.grpc_url, retry=RetryPolicy(retries=0)) as client:
+            for task in ("retrieval", "text-matching", "classification"):
+                assert client.embed(["still served"], task=task).shape == (1, 768)
+            with pytest.raises(EmbeddingError, match="UNAVAILABLE|NOT_FOUND"):
+                client.embed(["not this one"], task="clustering")

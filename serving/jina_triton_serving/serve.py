@@ -176,13 +176,15 @@ def serve(repository: Path, settings: ServeSettings) -> int:
         while not server.stop_requested:
             server.start()
             try:
-                server.wait_ready(settings.ready_timeout)
+                failed = server.wait_ready(settings.ready_timeout)
             except ServeError:
                 if server.stop_requested:
                     break
                 raise
-            status.update(triton="up", down=[])
-            StubSupervisor(server, on_change=lambda down: status.update(down=down)).start()
+            for model, reason in failed.items():
+                log.error("%s did not load and stays down (the other models serve): %s", model, reason)
+            status.update(triton="up", down=sorted(failed))
+            StubSupervisor(server, on_change=lambda down: status.update(down=sorted(set(down) | set(failed)))).start()
             if settings.gateway and gateway is None:
                 gateway = start_gateway(settings.gateway, server, status.path,
                                         effective_limits(manifest, settings.limits))
@@ -208,4 +210,4 @@ def serve(repository: Path, settings: ServeSettings) -> int:
             gateway.wait(30)
         stopped = server.stop_requested
         server.stop()  # its shared memory cleared, its snapshot released
-        return 0 if stopped else (code or 1)
+        return 0 if stopped else 1  # asked to stop: 0; gave up on a tritonserver that keeps dying: 1

@@ -262,6 +262,7 @@ class TritonServer:
     metrics_host: str | None = None    # default: host (metrics hold no secret: 0.0.0.0 lets Prometheus in)
     process: subprocess.Popen | None = None
     stop_requested: bool = False
+    failed: dict = field(default_factory=dict)   # models that failed to load at the last start
     _held: contextlib.ExitStack | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -302,7 +303,8 @@ class TritonServer:
                    "--allow-metrics=true", "--allow-gpu-metrics=false", "--metrics-config=summary_latencies=true",
                    f"--grpc-header-forward-pattern={forwarded}", f"--http-header-forward-pattern={forwarded}",
                    "--model-control-mode=explicit", "--load-model=*",
-                   "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0"]
+                   # a model that fails to load (an encoder below its parity gate) stays down, the rest serve
+                   "--exit-on-error=false", "--strict-readiness=true", "--log-verbose=0"]
         if self.trace_endpoint:
             command += ["--trace-config=mode=opentelemetry", "--trace-config=level=TIMESTAMPS",
                         "--trace-config=rate=0", f"--trace-config=opentelemetry,url={self.trace_endpoint}",
@@ -418,17 +420,49 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout: float = 600) -> None:
+    def live(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/live", timeout=2) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 600) -> dict[str, str]:
+        """Wait until Triton has loaded what it can (its endpoints open only then). Returns the models
+        that failed to load, with Triton's reason: they stay down while the rest serve, unless
+        nothing a client calls (no ensemble) is left."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServeError(f"tritonserver exited with code {self.process.returncode} while "
                                  f"loading the models{self._log_hint()}")
             if self.ready():
-                return
+                self.failed = {}
+                return self.failed
+            if self.live():
+                self.failed = self.failed_models()
+                if self.failed and all(name in self.failed for name in self._ensembles()):
+                    self.stop()
+                    raise ServeError("no ensemble loaded: " + "; ".join(f"{m}: {r}" for m, r in self.failed.items()))
+                if self.failed:
+                    return self.failed
             time.sleep(0.5)
         self.stop()
         raise ServeError(f"tritonserver was not ready after {timeout:.0f} s{self._log_hint()}")
+
+    def failed_models(self) -> dict[str, str]:
+        """model -> reason, for every model version Triton could not load."""
+        import json
+
+        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST",
+                                         headers=self.security.admin_headers())
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return {entry["name"]: entry.get("reason", "") for entry in json.loads(reply.read())
+                    if entry.get("state") not in ("READY", "LOADING")}
+
+    def _ensembles(self) -> list[str]:
+        return [config.parent.name for config in Path(self.repository).resolve().glob("*/config.pbtxt")
+                if 'platform: "ensemble"' in config.read_text()]
 
     def _log_hint(self) -> str:
         if not self.log_file or not Path(self.log_file).is_file():

@@ -103,6 +103,7 @@ class StubSupervisor:
                     expected[key] = counts[key]
             previous = counts
             missing = {key for key, count in expected.items() if counts.get(key, 0) < count}
+            self._publish(missing)  # down while it reloads: /ready says so
             for key in sorted(missing):
                 if time.monotonic() < next_try.get(key, 0.0) or not self._alive(process):
                     continue
@@ -120,10 +121,13 @@ class StubSupervisor:
                     next_try[key] = time.monotonic() + pause
                     log.error("reloading %s failed (%s); next try in %.0f s", key[0], exc, pause)
             self.retired.sweep(lambda pid: models.get(pid, "?"))
-            down = sorted({model for model, _ in missing})
-            if down != self.down:
-                self.down = down
-                self.on_change(down)
+            self._publish(missing)
+
+    def _publish(self, missing: set) -> None:
+        down = sorted({model for model, _ in missing})
+        if down != self.down:
+            self.down = down
+            self.on_change(down)
 
     def _reload(self, key: tuple[str, str], survivors: set[int]) -> set[int] | None:
         """Reload a READY model version that lost a stub: the pids of its new stubs; None when it is

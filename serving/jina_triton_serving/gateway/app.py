@@ -269,7 +269,7 @@ class Gateway:
             state = json.loads(self.config.status_file.read_text())
             if state.get("triton") != "up":
                 problems.append(f"tritonserver is {state.get('triton')}")
-            problems += [f"{model} has a dead stub" for model in state.get("down", [])]
+            problems += [f"{model} is down (a dead stub, or it failed to load)" for model in state.get("down", [])]
         try:
             if not await self.client.ready():
                 problems.append("tritonserver is not ready")
