@@ -225,7 +225,7 @@ def test_a_huge_text_costs_only_the_tokens_it_keeps(real_tokenizer):
     for truncate in ("END", "START"):
         tokenizer.tokenizer = CountingTokenizer(real_tokenizer.tokenizer)
         assert len(tokenizer.token_ids([huge], "document", truncate)[0]) == 512
-        assert tokenizer.tokenizer.characters < 20 * 512, (truncate, tokenizer.tokenizer.characters)  # not 1.2M
+        assert tokenizer.tokenizer.characters < 40 * 512, (truncate, tokenizer.tokenizer.characters)  # not 1.2M
 
 
 def test_torch_rows_pack_as_the_numpy_rows_do_including_a_request_dropped_midway():
