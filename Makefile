@@ -1,9 +1,10 @@
 # Two commands on a fresh machine: `make serve` and `make test`.
 SHELL := /bin/bash
 # The Triton Python-backend stub loads the system's shared libpython3.X, so the venv that Triton
-# runs in must come from the interpreter owning it (platform-notes.md §9): pick-python.py finds it
+# runs in must come from the interpreter owning it (a venv of pyenv's 3.11.7 breaks `import ssl` in
+# the stubs, Debian's libpython being 3.11.2): pick-python.py finds it
 # (Debian 12: /usr/bin/python3.11, not pyenv's), or set PYTHON=/path/to/python3.X.
-PYTHON ?= $(shell python3 serving/pick-python.py)
+PYTHON ?= $(shell python3 tools/pick-python.py)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -11,11 +12,12 @@ ARTIFACTS ?= artifacts
 PRESET ?= tiny
 PYTEST_ARGS ?= --durations=25
 
-.PHONY: venv test synth-tiny synth-full clean help
+.PHONY: venv test test-fast synth-tiny synth-full clean help
 
 help:
 	@echo "make serve   set up, build and serve (CHECKPOINT=dir-or-repo-id to choose the weights)"
 	@echo "make test    set up and run the test suite"
+	@echo "make test-fast   the tests that start no server (a few minutes)"
 
 venv: $(STAMP)
 
@@ -29,6 +31,10 @@ $(STAMP): pyproject.toml client/pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the tests that start no server and build no engine: minutes, for fast feedback
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not server and not slow" $(PYTEST_ARGS)
 
 synth-tiny: $(STAMP)
 	$(BIN)/jina-triton synth --preset tiny --out $(ARTIFACTS)/checkpoints/synthetic-tiny
@@ -66,12 +72,12 @@ LOADTEST_PRESET ?= $(if $(filter overload,$(LOADTEST_MODE)),full,$(PRESET))
 loadtest: $(STAMP)
 	$(BIN)/python loadtest/run.py $(LOADTEST_MODE) --preset $(LOADTEST_PRESET) --out $(ARTIFACTS)/loadtest $(LOADTEST_ARGS)
 
-# The GPU check (serving/gpu-check.sh): bundle here, run there (one call of the device tool,
+# The GPU check (tools/gpu-check.sh): bundle here, run there (one call of the device tool,
 # carrying .gpu-bundle), or the CPU dry run CI does.
 .PHONY: gpu-bundle gpu-check gpu-check-cpu
 gpu-bundle: $(STAMP)
-	$(BIN)/python -m jina_triton_serving.gpu_bundle --out .gpu-bundle
+	$(BIN)/python -m jina_triton_tools.gpu_bundle --out .gpu-bundle
 gpu-check:
-	bash serving/gpu-check.sh .gpu-bundle $(GPU_CHECK_ARGS)
+	bash tools/gpu-check.sh .gpu-bundle $(GPU_CHECK_ARGS)
 gpu-check-cpu: $(STAMP)
 	$(BIN)/jina-triton gpu-check --cpu --out $(ARTIFACTS)/gpu-check-cpu

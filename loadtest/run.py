@@ -48,7 +48,7 @@ class Target:
             return
         repository = Path(args.repository) if args.repository else self._build(args.preset, out)
         from jina_triton_serving.gateway.process import GatewayProcess
-        from jina_triton_serving.server import TritonServer
+        from jina_triton_serving.triton_process import TritonServer
 
         self.server = TritonServer.on_free_ports(repository, log_file=out / "server.log")
         self.server.__enter__()
@@ -125,7 +125,7 @@ def locust_step(target: Target, args, users: int, seconds: float, prefix: Path, 
                "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary", "--loglevel", "WARNING",
                f"--scenario={args.scenario}", f"--events={events}", *urls, *extra,
                *(classes or CLASSES[args.protocol])]
-    from jina_triton_serving.server import die_with_parent
+    from jina_triton_serving.triton_process import die_with_parent
 
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=open(str(prefix) + ".log", "w"), stderr=subprocess.STDOUT,
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
         result = {"sweep": sweep, "soak": soak, "fault": fault, "overload": overload}[args.mode](target, args, out)
     finally:
         target.close()
-    from jina_triton_serving.machine import cpu_identity, versions
+    from jina_triton_tools.machine import cpu_identity, versions
 
     bound = args.p95_bound or scenario.p95_ms_max
     problems = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jina_triton_serving.server import free_port  # noqa: F401 - tests import it from here
+from jina_triton_serving.triton_process import free_port  # noqa: F401 - tests import it from here
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -103,7 +103,7 @@ def cuda_repository(tmp_path_factory, tiny_checkpoint, engine_cache, reference):
 @pytest.fixture(scope="session")
 def triton(tiny_repository, tmp_path_factory):
     """The real Triton server on the tiny repository, on free loopback ports."""
-    from jina_triton_serving.server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "server.log"
     server = TritonServer.on_free_ports(tiny_repository, log_file=log)
@@ -121,7 +121,7 @@ def tensorrt_repository(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_en
 @pytest.fixture(scope="session")
 def triton_cuda(cuda_repository, tmp_path_factory):
     """The real Triton server on the `cuda` target (PyTorch encoders; fp32 on this CPU machine)."""
-    from jina_triton_serving.server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     server = TritonServer.on_free_ports(cuda_repository, log_file=tmp_path_factory.mktemp("triton-cuda") / "server.log")
     with server:

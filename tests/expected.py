@@ -1,11 +1,11 @@
 """What the server must answer: the reference encoder's embeddings, and the quantized outputs as the
-formula in jina_triton_serving.comparison computes them from the served float (not the served code)."""
+formula in jina_triton_tools.comparison computes them from the served float (not the served code)."""
 from __future__ import annotations
 
 import numpy as np
 
 from jina_triton_client.contract import OUTPUTS
-from jina_triton_serving.comparison import Expected, compare  # noqa: F401 - tests import Expected from here
+from jina_triton_tools.comparison import Expected, compare  # noqa: F401 - tests import Expected from here
 
 
 def assert_outputs_match(got: dict, want_float: np.ndarray, tables, want_raw: np.ndarray | None = None,

@@ -26,7 +26,7 @@ PATIENCE = 240                                       # a hang fails a test; slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines, reference):
-    from jina_triton_serving.server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     repository = build_test_repository(tiny_checkpoint, tmp_path_factory.mktemp("pressure") / "repo", engine_cache,
                                        reference, **LIMITS)
@@ -65,7 +65,7 @@ def _in_background(server, texts) -> tuple[threading.Thread, dict]:
 
 
 def _real_tokens(server) -> float:
-    from jina_triton_serving.bench import token_totals
+    from jina_triton_tools.bench import token_totals
 
     with urllib.request.urlopen(server.metrics_url, timeout=30) as reply:
         return token_totals(reply.read().decode(), "encoder_retrieval")["real"]

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.server
 
 
 def test_workload_profiles_are_deterministic_and_in_range(tiny_checkpoint_dir):
-    from jina_triton_serving.workload import Workload, token_counter
+    from jina_triton_tools.workload import Workload, token_counter
 
     counter = token_counter(tiny_checkpoint_dir / "tokenizer.json")
     first = Workload(counter, seed=3).texts("mixed", 20)

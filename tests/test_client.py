@@ -174,7 +174,7 @@ def test_headers_are_sent(triton):
 
 def test_failover_loses_no_text(triton, tiny_repository, tmp_path):
     """Two servers; one is killed mid-run; every text is answered (or the call raises)."""
-    from jina_triton_serving.server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     second = TritonServer.on_free_ports(tiny_repository, log_file=tmp_path / "second.log")
     texts = mixed_texts(600, seed=2)

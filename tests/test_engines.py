@@ -123,7 +123,7 @@ def test_the_int8_ranges_equal_ranges_computed_from_the_reference(tiny_repositor
     on the calibration's texts (every 4th corpus sentence, every task and input type, cut at 512
     tokens), each Matryoshka width normalized on its own, per-dimension min and max."""
     from jina_triton_build.corpus import corpus_sentences
-    from jina_triton_serving.comparison import calibration_tables
+    from jina_triton_tools.comparison import calibration_tables
 
     texts = sorted(corpus_sentences()[::4], key=len)
     pooled = []

@@ -1,4 +1,4 @@
-"""The GPU check as the GPU machine runs it, emulated here: `serving/gpu-check.sh` itself, from a
+"""The GPU check as the GPU machine runs it, emulated here: `tools/gpu-check.sh` itself, from a
 copy of the tree, with a bundle made here and a Python environment that has none of this project
 installed and the box's package versions (transformers 5.17.0, peft 0.21.0, numpy 2 beside
 torch), its CUDA steps on the CPU. bf16 on the CPU stands in for half precision, so the
@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
-# the GPU machine's versions where PyPI has them (gpu-notes: torch 2.11 cu130 there; the CPU wheel here is 2.13)
+# the GPU machine's versions where PyPI has them (torch is 2.11 cu130 there; the CPU wheel here is 2.13)
 BOX_PACKAGES = ["torch==2.13.0", "numpy>=2,<3", "transformers==5.17.0", "peft==0.21.0", "tokenizers==0.23.2",
                 "safetensors"]
 
@@ -51,7 +51,7 @@ def box_python() -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    from jina_triton_serving.gpu_bundle import make_bundle
+    from jina_triton_tools.gpu_bundle import make_bundle
 
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     return make_bundle(tmp_path_factory.mktemp("bundle"), progress=lambda message: None, python=version, preset=0)

@@ -26,7 +26,7 @@ HEAVY_BOUND_S = 240     # the client's timeout for a heavy request (a hang fails
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines, reference):
-    from jina_triton_serving.server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     repository = build_test_repository(tiny_checkpoint, tmp_path_factory.mktemp("overload") / "repo", engine_cache,
                                        reference, **LIMITS)
@@ -45,7 +45,7 @@ def _infer(server, texts, model="embed_retrieval", timeout=None):
 
 def _tokens(server, kind: str) -> float:
     """The encoders' token counter (computed or real), from Triton's metrics."""
-    from jina_triton_serving.bench import token_totals
+    from jina_triton_tools.bench import token_totals
 
     with urllib.request.urlopen(server.metrics_url, timeout=30) as reply:
         return token_totals(reply.read().decode())[kind]

@@ -232,7 +232,7 @@ def test_torch_rows_pack_as_the_numpy_rows_do_including_a_request_dropped_midway
     """The cuda target's row source (gathered on the device, one copy back) against the numpy one."""
     import torch
 
-    from jina_triton_pipeline.torch_engine import TorchRows
+    from jina_triton_pipeline.torch_engine import TorchPasses
 
     rng = np.random.default_rng(6)
     weights = rng.normal(size=(50, 6)).astype(np.float32)
@@ -248,7 +248,7 @@ def test_torch_rows_pack_as_the_numpy_rows_do_including_a_request_dropped_midway
 
     turned = iter([True, False])  # request 2 (4 rows) is computed in one pass, then turned down
     got = run_packed([(torch.from_numpy(i), torch.from_numpy(m)) for i, m in requests], 8, torch_forward,
-                     rows=TorchRows(torch.device("cpu")), keep=lambda index: index != 2 or next(turned, False))
+                     passes=TorchPasses(torch.device("cpu")), keep=lambda index: index != 2 or next(turned, False))
     assert got.pooled[2] is None and want.pooled[2] is None
     for index in (0, 1):
         np.testing.assert_allclose(got.pooled[index].numpy(), want.pooled[index], rtol=1e-6)

@@ -24,7 +24,7 @@ RESTRICTED = "restricted, expecting header"
 @pytest.fixture(scope="module")
 def secure(tiny_repository, certificates, tmp_path_factory):
     """gRPC on every interface: TLS with client certificates, admin APIs locked."""
-    from jina_triton_serving.server import Security, TritonServer
+    from jina_triton_serving.triton_process import Security, TritonServer
 
     security = Security(tls_cert=certificates / "server.pem", tls_key=certificates / "server.key",
                         tls_client_ca=certificates / "ca.pem")
@@ -117,7 +117,7 @@ SECRETS = {"HF_TOKEN": "hf_secret_5e1f", "AWS_SECRET_ACCESS_KEY": "aws-secret-77
 @pytest.fixture(scope="module")
 def loopback(tiny_repository, tmp_path_factory):
     """The default server (loopback only), started from an environment that holds secrets."""
-    from jina_triton_serving.server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     with mock.patch.dict(os.environ, SECRETS):
         server = TritonServer.on_free_ports(tiny_repository, log_file=tmp_path_factory.mktemp("loop") / "server.log")
@@ -200,7 +200,7 @@ def test_no_secret_of_the_launching_environment_reaches_triton_or_a_stub(loopbac
 
 
 def test_grpc_beyond_loopback_needs_mutual_tls_and_http_an_explicit_flag(tiny_repository, certificates):
-    from jina_triton_serving.server import Security, ServeError, TritonServer
+    from jina_triton_serving.triton_process import Security, ServeError, TritonServer
 
     tls_only = Security(tls_cert=certificates / "server.pem", tls_key=certificates / "server.key")
     with pytest.raises(ServeError, match="mutual TLS"):
@@ -212,7 +212,7 @@ def test_grpc_beyond_loopback_needs_mutual_tls_and_http_an_explicit_flag(tiny_re
 
 
 def test_the_backend_folder_is_private_stable_and_checked_by_sha256(tmp_path):
-    from jina_triton_serving.server import STUB, _stub_source, backend_dir, triton_home
+    from jina_triton_serving.triton_process import STUB, _stub_source, backend_dir, triton_home
 
     first = backend_dir(tmp_path)
     assert backend_dir(tmp_path) == first and len(list((tmp_path / "triton-backends").iterdir())) == 1
@@ -235,7 +235,7 @@ def test_the_build_cache_is_private_and_records_sha256(tmp_path):
 
 
 def test_the_gpu_check_works_in_a_fresh_private_folder():
-    from jina_triton_serving.gpu_check import add_arguments, workdir_for
+    from jina_triton_tools.gpu_check import add_arguments, workdir_for
 
     import argparse
     parser = argparse.ArgumentParser()

@@ -13,7 +13,7 @@ import pytest
 from conftest import TEST_MAX_LENGTH, sample_texts
 from expected import Expected, assert_outputs_match
 from jina_triton_client.contract import OUTPUTS, TASKS, TEXT, TIMINGS, TOKEN_COUNT, ensemble_name
-from jina_triton_serving.bench import token_totals
+from jina_triton_tools.bench import token_totals
 
 pytestmark = pytest.mark.server
 

@@ -77,7 +77,7 @@ def _fakes(repository, noise=0.0, fail=False):
 
 
 def test_plans_are_built_cached_gated_and_reused(tensorrt_repository, tmp_path):
-    from jina_triton_serving.container import cache_key, choose_engine
+    from jina_triton_build.tensorrt_step import cache_key, choose_engine
 
     built, build, run = _fakes(tensorrt_repository)
     first = choose_engine(tensorrt_repository, tmp_path, "NVIDIA H100 80GB HBM3", "10.8.0", "ab" * 32, build, run)
@@ -92,7 +92,7 @@ def test_plans_are_built_cached_gated_and_reused(tensorrt_repository, tmp_path):
 
 
 def test_a_plan_below_its_parity_gate_never_serves(tensorrt_repository, tmp_path):
-    from jina_triton_serving.container import choose_engine
+    from jina_triton_build.tensorrt_step import choose_engine
 
     _, build, run = _fakes(tensorrt_repository, noise=0.05)  # fp16 overflow, a wrong optimization...
     decision = choose_engine(tensorrt_repository, tmp_path, "NVIDIA L4", "10.8.0", "cd" * 32, build, run)
@@ -101,7 +101,7 @@ def test_a_plan_below_its_parity_gate_never_serves(tensorrt_repository, tmp_path
 
 
 def test_no_tensorrt_or_no_gpu_falls_back(tensorrt_repository, tmp_path):
-    from jina_triton_serving.container import choose_engine
+    from jina_triton_build.tensorrt_step import choose_engine
 
     _, build, run = _fakes(tensorrt_repository, fail=True)
     assert choose_engine(tensorrt_repository, tmp_path, "NVIDIA A10", "10.8.0", "ef" * 32, build, run).engine == "cuda"
@@ -111,7 +111,7 @@ def test_no_tensorrt_or_no_gpu_falls_back(tensorrt_repository, tmp_path):
 
 # -- the GPU check -------------------------------------------------------------------------
 def test_the_gpu_bundle_carries_the_server_its_libraries_and_the_312_stub():
-    from jina_triton_serving.gpu_bundle import triton_files
+    from jina_triton_tools.gpu_bundle import triton_files
 
     files = dict((name, path) for path, name in triton_files())
     assert "pytriton/tritonserver/bin/tritonserver" in files
@@ -176,7 +176,7 @@ def test_an_encoder_below_its_parity_gate_stays_unloaded_and_the_rest_serve(tmp_
     from safetensors.torch import load_file, save_file
 
     from jina_triton_client import EmbeddingClient, EmbeddingError, RetryPolicy
-    from jina_triton_serving.server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     repository = tmp_path / "repository"
     shutil.copytree(cuda_repository.resolve(), repository)

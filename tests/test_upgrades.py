@@ -52,7 +52,7 @@ class Load:
 
 def test_a_rolling_restart_behind_failover_fails_no_request(tmp_path, tiny_checkpoint, engine_cache, fp32_engines,
                                                             reference):
-    from jina_triton_serving.server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     repository = build_test_repository(tiny_checkpoint, tmp_path / "repo", engine_cache, reference, encoder_instances=1)
     first = repository.resolve()
@@ -89,7 +89,7 @@ def test_a_rolling_restart_behind_failover_fails_no_request(tmp_path, tiny_check
 def test_a_new_encoder_version_loads_beside_the_old_then_replaces_it(tmp_path, tiny_checkpoint, engine_cache,
                                                                        fp32_engines, reference):
     from jina_triton_serving.gateway.process import GatewayProcess
-    from jina_triton_serving.server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     repository = build_test_repository(tiny_checkpoint, tmp_path / "repo", engine_cache, reference, encoder_instances=1)
     (tmp_path / "admin.key").write_text("the-admin-key\n")

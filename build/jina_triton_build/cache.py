@@ -10,35 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from jina_triton_models.layout import default_cache_dir, digest, private_dir  # noqa: F401 - the cache's API
+
 REPORT = "report.json"
-BLOCK = 16 << 20
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("JINA_TRITON_CACHE") or Path.home() / ".cache" / "jina-triton")
-
-
-def private_dir(path: Path) -> Path:
-    """A folder (and its missing parents) only this user can enter."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_uid == os.getuid():
-        path.chmod(0o700)
-    return path
-
-
-def digest(path: Path) -> str:
-    """SHA-256 of the whole file (about 2 s per gigabyte): a torn, truncated or swapped file is
-    never taken for the one recorded."""
-    found = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(BLOCK):
-            found.update(block)
-    return f"sha256:{found.hexdigest()}"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -1,6 +1,6 @@
 """Find, validate and load a jina-embeddings-v5-text-nano checkpoint.
 
-The official Hugging Face layout (model-spec.md §2-§4):
+The official Hugging Face layout of jinaai/jina-embeddings-v5-text-nano:
   config.json                      model_type "jina_embeddings_v5", task_names
   model.safetensors                bare EuroBertModel weights, unprefixed, bf16
   adapters/<task>/adapter_config.json + adapter_model.safetensors   (LoRA)

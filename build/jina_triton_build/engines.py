@@ -16,10 +16,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from jina_triton_pipeline.internals import ATTENTION_MASK, INPUT_IDS, POOLED_STATE
 from jina_triton_pipeline.lora import merge_lora
+from jina_triton_pipeline.onnx_engine import ort_session, run_session  # noqa: F401 - the build's API too
 from jina_triton_pipeline.parity import ParityCheck, ParityError
 from jina_triton_pipeline.pooling import last_token_torch, min_cosine
 
@@ -109,23 +109,6 @@ def quantize_int8(source: Path, target: Path) -> None:
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
     finally:
         root.setLevel(level)
-
-
-# -- running an engine ----------------------------------------------------------
-def ort_session(path: Path, threads: int | None = None):
-    import os
-
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 2)
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_session(session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    return session.run([POOLED_STATE], {INPUT_IDS: input_ids.astype(np.int64),
-                                        ATTENTION_MASK: attention_mask.astype(np.int64)})[0]
 
 
 # -- the build -----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The reference encoder: the oracle every served embedding is checked against.
 
-It follows the official encode path (model-spec.md §8) on the native
+It follows the official encode path (the checkpoint's modeling_jina_embeddings_v5.encode) on the native
 EuroBertModel with the task's LoRA adapter active through peft, unmerged:
 prefix -> tokenizer(padding, truncation at max_length, EOS kept last) ->
 forward -> hidden state at attention_mask.sum(1)-1 -> Matryoshka slice ->

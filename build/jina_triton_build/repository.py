@@ -13,13 +13,11 @@ Targets:
     tensorrt  cuda, plus configs/tensorrt.pbtxt for plans built on first start and admitted
               past the same gate (NOT RUN: no TensorRT here)
 
-REPO is a symbolic link to a complete snapshot: a rebuild writes a new snapshot beside it
-and swings the link, so a running server keeps every file it loaded; snapshots no
-server holds (see `hold`) are pruned.
+REPO is a symbolic link to a complete snapshot (jina_triton_models.layout): a rebuild writes
+a new snapshot beside it and swings the link, so a running server keeps every file it loaded.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -29,6 +27,7 @@ from pathlib import Path
 
 from jina_triton_client.contract import CONTRACT_VERSION, ensemble_name
 from jina_triton_models import templates_dir
+from jina_triton_models.layout import MANIFEST, new_snapshot, publish
 from jina_triton_pipeline.internals import POSTPROCESS_MODEL, PREPROCESS_MODEL, encoder_name
 from jina_triton_pipeline.parity import PARITY_FILE
 from jina_triton_pipeline.torch_engine import ADAPTER_FILE, BACKBONE_FILE, CONFIG_FILE
@@ -41,7 +40,6 @@ from .render import render_file
 from .tensorrt import DEFAULT_BUCKETS, PROFILES_FILE, plan_profiles, write_profiles
 from .verification import reference_parity
 
-MANIFEST = "manifest.json"
 TENSORRT_CONFIG = "tensorrt"  # configs/tensorrt.pbtxt, picked by --model-config-name=tensorrt
 
 
@@ -160,7 +158,7 @@ def build_repository(checkpoint: Checkpoint, out: Path, options: BuildOptions | 
 
 def _build(checkpoint, out: Path, options: BuildOptions, cache_dir, progress, reference) -> dict:
     report = progress or (lambda message: None)
-    snapshot = _new_snapshot(out)
+    snapshot = new_snapshot(out)
 
     def values(template: str) -> dict:
         """A template's options, and the model width every model but the ensembles names."""
@@ -211,64 +209,6 @@ def _build(checkpoint, out: Path, options: BuildOptions, cache_dir, progress, re
         "engines": {task: (engines.report.get(task, {}) if engines else {}) for task in checkpoint.tasks},
     }
     (snapshot / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    _publish(snapshot, out)
+    publish(snapshot, out)
     report(f"repository {out} -> {snapshot.name}")
     return manifest
-
-
-def read_manifest(repository: Path) -> dict:
-    file = Path(repository) / MANIFEST
-    if not file.is_file():
-        raise FileNotFoundError(f"{repository} has no {MANIFEST}: build it with `jina-triton build`")
-    return json.loads(file.read_text())
-
-
-# -- snapshots ------------------------------------------------------------------------
-def snapshots_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.snapshots"
-
-
-def _new_snapshot(out: Path) -> Path:
-    folder = snapshots_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    snapshot = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6:06d}"
-    snapshot.mkdir()
-    return snapshot
-
-
-def _publish(snapshot: Path, out: Path) -> None:
-    """Point `out` at the new snapshot in one step, then prune snapshots nobody holds."""
-    if out.is_dir() and not out.is_symlink():  # a repository from before snapshots: keep it as one
-        os.replace(out, snapshots_dir(out) / f"{out.name}-legacy-{os.getpid()}")
-    link = out.with_name(f".{out.name}.link-{os.getpid()}")
-    if link.is_symlink():
-        link.unlink()
-    link.symlink_to(os.path.relpath(snapshot, out.parent))
-    os.replace(link, out)
-    for old in snapshots_dir(out).iterdir():
-        if old != snapshot and old.is_dir() and not _held(old):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def hold(repository: Path):
-    """Held by a running server: the snapshot it serves is never pruned meanwhile. The lock is
-    on the snapshot folder itself, so a read-only repository (a Kubernetes volume) is held too."""
-    snapshot = Path(repository).resolve()
-    handle = os.open(snapshot, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH)
-        yield snapshot
-    finally:
-        os.close(handle)
-
-
-def _held(snapshot: Path) -> bool:
-    handle = os.open(snapshot, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(handle)
-    return False

@@ -18,7 +18,7 @@ from .synth_tokenizer import BOS, EOS, MASK, VOCAB_SIZE, special_id, write_token
 
 DEFAULT_TOKENIZER = {"full": "real", "tiny": "real"}  # "small": a BPE trained on the shipped corpus
 
-# model-spec.md §3, verbatim where it matters
+# the released config.json, verbatim where it matters
 BASE_CONFIG = {
     "architectures": ["JinaEmbeddingsV5Model"],
     "auto_map": {"AutoConfig": "configuration_jina_embeddings_v5.JinaEmbeddingsV5Config",

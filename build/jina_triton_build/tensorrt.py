@@ -3,7 +3,7 @@ and the parity gate a plan must pass before it serves.
 
 NOT RUN: no machine of this project has TensorRT (the GPU machine has none either). The
 code follows the TensorRT 10 Python API (OnnxParser, optimization profiles,
-BuilderFlag.FP16) and runs only in the GPU image (jina_triton_serving.container). The
+BuilderFlag.FP16) and runs only in the GPU image (jina_triton_build.tensorrt_step). The
 profile plan and the gate's decision are plain Python and unit-tested here.
 """
 from __future__ import annotations

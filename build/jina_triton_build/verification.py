@@ -11,6 +11,7 @@ import numpy as np
 
 from jina_triton_client.contract import INPUT_TYPES
 from jina_triton_pipeline.parity import ParityCheck
+from jina_triton_pipeline.tokenization import right_pad
 
 from .cache import CacheEntry
 from .corpus import corpus_sentences
@@ -24,17 +25,12 @@ def verification_texts() -> list[str]:
 
 def verification_batch(reference) -> tuple[np.ndarray, np.ndarray]:
     """Both input types' texts as one right-padded batch (input_ids, attention_mask)."""
-    rows = []
+    token_lists = []
     for input_type in INPUT_TYPES:
         batch = reference.tokenize(verification_texts(), input_type)
         for ids, mask in zip(batch["input_ids"].numpy(), batch["attention_mask"].numpy()):
-            rows.append(ids[mask.astype(bool)])
-    longest = max(len(row) for row in rows)
-    ids = np.full((len(rows), longest), reference.tokenizer.pad_token_id or 0, np.int64)
-    mask = np.zeros((len(rows), longest), np.int64)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)], mask[i, :len(row)] = row, 1
-    return ids, mask
+            token_lists.append(ids[mask.astype(bool)])
+    return right_pad(token_lists, reference.tokenizer.pad_token_id or 0)
 
 
 def reference_parity(entry: CacheEntry, task: str, reference_factory) -> ParityCheck:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from .connection import Connection
 from .errors import EmbeddingError, message_of, status_of
 from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, MAX_DIMENSIONS
-from .planning import Assembler, Embedded, plan_batches
-from .requests import Request, check_request
+from .embed_call import Request
+from .planning import Embedded
 
 
 class AsyncEmbeddingClient(Connection):
@@ -33,17 +32,17 @@ class AsyncEmbeddingClient(Connection):
     async def embed_detailed(self, texts, task: str = DEFAULT_TASK, input_type: str = DEFAULT_INPUT_TYPE,
                              dimensions: int = MAX_DIMENSIONS, output: str = "float", truncate: str = DEFAULT_TRUNCATE,
                              timings: bool = False, headers: dict | None = None) -> Embedded:
-        texts, request = check_request(texts, task, input_type, dimensions, output, truncate)
-        assembler = Assembler(len(texts))
+        plan = self.plan(texts, task, input_type, dimensions, output, truncate)
+        assembler = plan.assembler
         slots = asyncio.Semaphore(self.max_in_flight)
-        deadline = self.deadline()
 
         async def one(indices):
             async with slots:
-                rows = await self._send([texts[i] for i in indices], indices, request, deadline, timings, headers)
+                rows = await self._send([plan.texts[i] for i in indices], indices, plan.request, plan.deadline,
+                                        timings, headers)
                 assembler.add(indices, *rows)
 
-        tasks = [asyncio.ensure_future(one(ix)) for ix in plan_batches(texts, self.limits, request.options.input_type)]
+        tasks = [asyncio.ensure_future(one(indices)) for indices in plan.batches]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
@@ -57,12 +56,9 @@ class AsyncEmbeddingClient(Connection):
 
         attempts = self.attempts(indices, deadline)
         while True:
-            index = attempts.endpoint()
-            arguments = self.call_arguments(self._grpc, texts, request, attempts.remaining(), timings, headers)
-            started = time.perf_counter()
+            client, arguments, started = self.attempt(attempts, texts, request, timings, headers)
             try:
-                result = await self._client(index).infer(**arguments)
-                return (*self.rows(result, request, timings), (time.perf_counter() - started) * 1000)
+                return self.answer(await client.infer(**arguments), request, timings, started)
             except InferenceServerException as exc:
                 await asyncio.sleep(attempts.failed(exc))
 

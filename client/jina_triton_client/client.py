@@ -7,8 +7,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from .connection import Connection
 from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, MAX_DIMENSIONS
-from .planning import Assembler, Embedded, plan_batches
-from .requests import Request, check_request
+from .embed_call import Request
+from .planning import Embedded
 
 
 class EmbeddingClient(Connection):
@@ -40,20 +40,19 @@ class EmbeddingClient(Connection):
                        dimensions: int = MAX_DIMENSIONS, output: str = "float", truncate: str = DEFAULT_TRUNCATE,
                        timings: bool = False, headers: dict | None = None) -> Embedded:
         """`embed` with token counts and, on request, the server's timings of the slowest request."""
-        texts, request = check_request(texts, task, input_type, dimensions, output, truncate)
-        assembler = Assembler(len(texts))
-        batches = plan_batches(texts, self.limits, request.options.input_type)
-        deadline = self.deadline()
+        plan = self.plan(texts, task, input_type, dimensions, output, truncate)
+        assembler = plan.assembler
 
         def send(indices):
-            return indices, *self._send([texts[i] for i in indices], indices, request, deadline, timings, headers)
+            return indices, *self._send([plan.texts[i] for i in indices], indices, plan.request, plan.deadline, timings,
+                                        headers)
 
-        if len(batches) <= 1 or self.max_in_flight == 1:
-            for indices in batches:
+        if len(plan.batches) <= 1 or self.max_in_flight == 1:
+            for indices in plan.batches:
                 assembler.add(*send(indices))
             return assembler.result()
         with ThreadPoolExecutor(self.max_in_flight) as pool:
-            futures = [pool.submit(send, indices) for indices in batches]
+            futures = [pool.submit(send, indices) for indices in plan.batches]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for future in pending:
                 future.cancel()
@@ -69,12 +68,9 @@ class EmbeddingClient(Connection):
 
         attempts = self.attempts(indices, deadline)
         while True:
-            index = attempts.endpoint()
-            arguments = self.call_arguments(self._grpc, texts, request, attempts.remaining(), timings, headers)
-            started = time.perf_counter()
+            client, arguments, started = self.attempt(attempts, texts, request, timings, headers)
             try:
-                result = self._client(index).infer(**arguments)
-                return (*self.rows(result, request, timings), (time.perf_counter() - started) * 1000)
+                return self.answer(client.infer(**arguments), request, timings, started)
             except InferenceServerException as exc:
                 time.sleep(attempts.failed(exc))
 

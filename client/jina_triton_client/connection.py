@@ -5,9 +5,11 @@ import time
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from .contract import TEXT, TIMINGS, TOKEN_COUNT
-from .planning import Limits
-from .requests import Request
+from .embed_call import Request, check_request
+from .planning import Assembler, Limits, plan_batches
 from .retry import Attempts, RetryPolicy, RoundRobin, endpoint_list
 
 _UNLIMITED = 2**31 - 1
@@ -18,6 +20,15 @@ CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+@dataclass
+class Plan:
+    texts: list[str]
+    request: Request
+    assembler: Assembler
+    batches: list[list[int]]   # the text indices of each request
+    deadline: float | None
 
 
 class Connection:
@@ -46,8 +57,25 @@ class Connection:
     def deadline(self) -> float | None:
         return None if self.timeout is None else time.monotonic() + self.timeout
 
+    def plan(self, texts, task, input_type, dimensions, output, truncate) -> "Plan":
+        """What both clients do before sending: check the call, cut it into admitted requests."""
+        texts, request = check_request(texts, task, input_type, dimensions, output, truncate)
+        return Plan(texts, request, Assembler(len(texts)), plan_batches(texts, self.limits, request.options.input_type),
+                    self.deadline())
+
     def attempts(self, indices: list[int], deadline: float | None) -> Attempts:
         return Attempts(self.retry, self.endpoints, indices, deadline)
+
+    def attempt(self, attempts: Attempts, texts: list[str], request: Request, timings: bool,
+                headers: dict | None) -> tuple:
+        """The next attempt of one request: (its endpoint's client, infer() arguments, its start)."""
+        index = attempts.endpoint()
+        arguments = self.call_arguments(self._grpc, texts, request, attempts.remaining(), timings, headers)
+        return self._client(index), arguments, time.perf_counter()
+
+    def answer(self, result, request: Request, timings: bool, started: float) -> tuple:
+        """An answered request's rows, token counts, timings and round trip (ms)."""
+        return (*self.rows(result, request, timings), (time.perf_counter() - started) * 1000)
 
     def call_arguments(self, module, texts: list[str], request: Request, seconds_left: float | None,
                        timings: bool, headers: dict | None = None) -> dict:

@@ -12,7 +12,6 @@ PREFIXES = {"query": "Query: ", "document": "Document: "}
 INPUT_TYPES = tuple(PREFIXES)
 DEFAULT_INPUT_TYPE = "document"
 DEFAULT_TASK = "retrieval"
-MATRYOSHKA_DIMS = (32, 64, 128, 256, 512, 768)
 MIN_DIMENSIONS = 32
 MAX_DIMENSIONS = 768
 DEFAULT_MAX_LENGTH = 8192

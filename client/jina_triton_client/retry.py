@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass
 
-from .errors import EmbeddingError, message_of, remap_text_index, status_of
+from .errors import DEAD_INSTANCE, EmbeddingError, Failure, message_of, remap_text_index, status_of
 from .validation import InvalidArgument
 
-# overloaded, restarting, queue full or timed out; CANCELLED: a stopping server dropped the call
-# (this client's own give-up is DEADLINE_EXCEEDED). Embedding a text twice is harmless.
-RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED")
-STUB_CRASH = ("INTERNAL", "is not healthy")          # a Python stub died while serving this request
-RELOADING = ("NOT_FOUND", "has no available versions")  # the model is being reloaded after a crash
-DEAD_INSTANCE = re.compile(r"Stub process '([^']+)' is not healthy")
+# What is retried is what errors.Failure calls retryable: overloaded, unavailable (CANCELLED from a
+# draining server among it: this client's own give-up is DEADLINE_EXCEEDED), a stub that crashed
+# (once), a model being reloaded. Embedding a text twice is harmless.
 SAME_CRASH_S = 10.0  # a dead instance answers "not healthy" until it is reloaded: one crash, not several
 
 
@@ -95,16 +91,15 @@ class Attempts:
         """The pause before the next attempt; raises when retrying cannot help."""
         failure = EmbeddingError(status_of(exc), remap_text_index(message_of(exc), self.indices),
                                  self.endpoints.items[self.index])
-        crashed = (failure.status, STUB_CRASH[1] in failure.message) == (STUB_CRASH[0], True)
-        reloading = (failure.status, RELOADING[1] in failure.message) == (RELOADING[0], True)
-        if (failure.status not in RETRYABLE and not crashed and not reloading) or "is restricted" in failure.message:
+        kind = failure.failure
+        if not kind.retryable:
             raise failure from None  # a bad request or a missing key stays so however often we ask
-        if crashed and self._new_crash(failure.message):
+        if kind is Failure.STUB_CRASHED and self._new_crash(failure.message):
             self.crashes += 1
             if self.crashes > self.policy.stub_crashes:
                 raise EmbeddingError(failure.status, failure.message + "; not retried: a stub died on this "
                                      "request twice", failure.endpoint) from None
-        if failure.status in ("UNAVAILABLE", "CANCELLED"):
+        if kind in (Failure.UNAVAILABLE, Failure.OVERLOADED):  # the next attempt goes elsewhere first
             self.endpoints.mark_down(self.index)
         if self.retried >= self.policy.retries:
             raise failure from None

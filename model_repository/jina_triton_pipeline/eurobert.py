@@ -1,4 +1,5 @@
-"""EuroBERT, the backbone of jina-embeddings-v5-text-nano, in plain PyTorch (model-spec §5).
+"""EuroBERT, the backbone of jina-embeddings-v5-text-nano, in plain PyTorch: pre-norm Llama blocks
+without a causal mask, RMSNorm, SwiGLU, RoPE (rotate-half), the final norm before pooling.
 
 The `cuda` target runs this module in the Python backend: no transformers import in
 the server, SDPA attention, any device and precision. Module names follow the

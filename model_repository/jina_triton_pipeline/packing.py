@@ -44,10 +44,10 @@ def plan_chunks(lengths: np.ndarray, token_budget: int, max_padding: float = MAX
     return chunks
 
 
-class NumpyRows:
-    """The host's arrays: what the onnxruntime engines take.
+class NumpyPasses:
+    """Passes built from the host's arrays: what the onnxruntime engines take.
 
-    A row source `stage`s every request's real tokens back to back, with each row's start and
+    A pass builder `stage`s every request's real tokens back to back, with each row's start and
     length and the order in which the passes take the rows; `gather` builds one pass from
     there, `scatter` puts its pooled states in place, `finish` hands the output to the host."""
 
@@ -68,15 +68,15 @@ class NumpyRows:
     def gather(staged, begin: int, end: int, longest: int):
         """ids, mask [end - begin, longest] of the rows order[begin:end]."""
         flat, starts, lengths, order = staged
-        rows = order[begin:end]
+        taken = order[begin:end]
         steps = np.arange(longest)
-        mask = steps[None, :] < lengths[rows][:, None]
-        ids = np.where(mask, flat[np.minimum(starts[rows][:, None] + steps[None, :], len(flat) - 1)], 0)
+        mask = steps[None, :] < lengths[taken][:, None]
+        ids = np.where(mask, flat[np.minimum(starts[taken][:, None] + steps[None, :], len(flat) - 1)], 0)
         return ids.astype(np.int64), mask.astype(np.int64)
 
     @staticmethod
-    def output(rows: int, width: int):
-        return np.zeros((rows, width), np.float32)
+    def output(count: int, width: int):
+        return np.zeros((count, width), np.float32)
 
     @staticmethod
     def scatter(out, staged, begin: int, end: int, pooled) -> None:
@@ -96,7 +96,7 @@ class Packed:
     passes: int = 0
 
 
-def run_packed(requests: list[tuple], token_budget: int, forward: Callable, rows=NumpyRows,
+def run_packed(requests: list[tuple], token_budget: int, forward: Callable, passes=NumpyPasses,
                keep: Callable[[int], bool] = lambda index: True, max_padding: float = MAX_PADDING) -> Packed:
     """Run `forward(ids, mask) -> pooled [b, H]` over the rows of every request.
 
@@ -109,7 +109,7 @@ def run_packed(requests: list[tuple], token_budget: int, forward: Callable, rows
     if not requests:
         return result
     started = time.perf_counter()
-    counts = [rows.lengths(mask) for _, mask in requests]
+    counts = [passes.lengths(mask) for _, mask in requests]
     lengths = np.concatenate(counts)
     owners = np.repeat(np.arange(len(requests)), [len(c) for c in counts])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -119,7 +119,7 @@ def run_packed(requests: list[tuple], token_budget: int, forward: Callable, rows
     while len(todo):
         chunks = plan_chunks(lengths[todo], token_budget, max_padding)
         order = todo[np.concatenate(chunks)]
-        staged = rows.stage(requests, starts, lengths, order) if staged is None else rows.reorder(staged, order)
+        staged = passes.stage(requests, starts, lengths, order) if staged is None else passes.reorder(staged, order)
         begin, replan = 0, False
         for chunk in chunks:
             end = begin + len(chunk)
@@ -130,17 +130,17 @@ def run_packed(requests: list[tuple], token_budget: int, forward: Callable, rows
                 replan = True
                 break
             longest = int(lengths[order[begin:end]].max())
-            pooled = forward(*rows.gather(staged, begin, end, longest))
+            pooled = forward(*passes.gather(staged, begin, end, longest))
             if out is None:
-                out = rows.output(len(lengths), pooled.shape[1])
-            rows.scatter(out, staged, begin, end, pooled)
+                out = passes.output(len(lengths), pooled.shape[1])
+            passes.scatter(out, staged, begin, end, pooled)
             result.computed_tokens += (end - begin) * longest
             result.real_tokens += int(lengths[order[begin:end]].sum())
             result.passes += 1
             begin = end
         if not replan:
             break
-    host = rows.finish(out) if out is not None else None
+    host = passes.finish(out) if out is not None else None
     seconds = time.perf_counter() - started
     first = 0
     for index, count in enumerate(counts):

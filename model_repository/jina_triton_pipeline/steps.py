@@ -16,42 +16,40 @@ from jina_triton_client.contract import (
     TOKEN_COUNT)
 from jina_triton_client.validation import parse_options
 
-from .checks import check_column, check_pooled
+from .limits import ModelLimits, check_column, check_pooled, decode_texts
 from .internals import ATTENTION_MASK, ENCODE_US, INPUT_IDS, TOKENIZE_US
 from .pooling import matryoshka
 from .quantization import Calibration, to_binary, to_int8, to_ubinary, to_uint8
 from .tokenization import TextTokenizer
-from .triton_adapter import decode_texts
 
 
 MAX_MICROSECONDS = 24 * 3600 * 10**6
 
 
-def _per_row(rows: int, microseconds: float) -> np.ndarray:
-    return np.full((rows, 1), int(microseconds), np.int64)
+def _per_text(count: int, microseconds: float) -> np.ndarray:
+    return np.full((count, 1), int(microseconds), np.int64)
 
 
 @dataclass
 class Preprocessor:
     """Prefix, tokenize and truncate one request's texts, within its limits."""
     tokenizer: TextTokenizer
+    limits: ModelLimits
     width: int
-    max_text_bytes: int
-    max_request_bytes: int
-    max_request_tokens: int
     buckets: tuple = ()
 
     @classmethod
-    def load(cls, tokenizer_file: Path, max_length: int, **limits) -> "Preprocessor":
-        return cls(TextTokenizer(tokenizer_file, max_length), **limits)
+    def load(cls, tokenizer_file: Path, limits: ModelLimits, **settings) -> "Preprocessor":
+        return cls(TextTokenizer(tokenizer_file, limits.max_length), limits, **settings)
 
     def __call__(self, text: np.ndarray | None, parameters: dict) -> dict:
         started = time.perf_counter()
         options = parse_options(parameters, self.width)
-        texts = decode_texts(text, TEXT, self.max_text_bytes, self.max_request_bytes)
-        batch = self.tokenizer(texts, options.input_type, options.truncate, self.buckets, self.max_request_tokens)
+        texts = decode_texts(text, TEXT, self.limits.max_text_bytes, self.limits.max_request_bytes)
+        batch = self.tokenizer(texts, options.input_type, options.truncate, self.buckets,
+                               self.limits.max_request_tokens)
         return {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask, TOKEN_COUNT: batch.token_count,
-                TOKENIZE_US: _per_row(len(texts), (time.perf_counter() - started) * 1e6)}
+                TOKENIZE_US: _per_text(len(texts), (time.perf_counter() - started) * 1e6)}
 
 
 @dataclass
@@ -59,7 +57,8 @@ class Postprocessor:
     """Matryoshka, normalize and quantize one request's pooled states.
 
     Inside an ensemble a step cannot tell which outputs the client asked for
-    (platform-notes §8), so every output is computed; all are cheap.
+    (Triton 2.51 lists every output the ensemble step maps, not the client's), so every output
+    is computed; all are cheap.
     """
     calibration: Calibration
     width: int
@@ -69,16 +68,16 @@ class Postprocessor:
         started = time.perf_counter()
         options = parse_options(parameters, self.width)
         pooled = check_pooled(pooled, self.width)
-        rows = pooled.shape[0]
-        counts = check_column(token_count, rows, TOKEN_COUNT, 1, self.max_length)
-        spent = [np.zeros((rows, 1), np.int64) if value is None
-                 else check_column(value, rows, name, 0, MAX_MICROSECONDS).astype(np.int64)
+        count = pooled.shape[0]
+        counts = check_column(token_count, count, TOKEN_COUNT, 1, self.max_length)
+        spent = [np.zeros((count, 1), np.int64) if value is None
+                 else check_column(value, count, name, 0, MAX_MICROSECONDS).astype(np.int64)
                  for name, value in ((TOKENIZE_US, tokenize_us), (ENCODE_US, encode_us))]
         vectors = matryoshka(pooled, options.dimensions)
         outputs = {OUTPUT_FLOAT: vectors, OUTPUT_INT8: to_int8(vectors, self.calibration),
                    OUTPUT_UINT8: to_uint8(vectors, self.calibration), OUTPUT_BINARY: to_binary(vectors),
                    OUTPUT_UBINARY: to_ubinary(vectors), TOKEN_COUNT: counts.astype(np.int32),
                    OUTPUT_UNNORMALIZED: np.ascontiguousarray(pooled[:, :options.dimensions])}
-        postprocess_us = _per_row(rows, (time.perf_counter() - started) * 1e6)
+        postprocess_us = _per_text(count, (time.perf_counter() - started) * 1e6)
         outputs[TIMINGS] = np.concatenate(spent + [postprocess_us], axis=1)
         return outputs

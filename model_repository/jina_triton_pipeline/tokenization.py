@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jina_triton_client.contract import PREFIXES, TEXT, TRUNCATE_END, TRUNCATE_NONE
+from jina_triton_client.contract import PREFIXES, TRUNCATE_END, TRUNCATE_NONE
 from jina_triton_client.validation import InvalidArgument
+
+from .limits import check_request_tokens
 
 PAD_TOKEN = "<|pad|>"
 CHARS_PER_TOKEN = 4   # the first window: 4 characters per token to keep, doubled while too short
@@ -51,19 +53,19 @@ class TextTokenizer:
         """
         prefix = PREFIXES[input_type]
         budget = self.max_length - 1  # room for the EOS
-        rows: list = [None] * len(texts)
+        token_lists: list = [None] * len(texts)
         short = [i for i, text in enumerate(texts) if len((prefix + text).encode("utf-8")) <= budget]
         # a token holds at least one byte: these cannot be too long
         for i, encoding in zip(short, self.tokenizer.encode_batch([prefix + texts[i] for i in short],
                                                                   add_special_tokens=False)):
-            rows[i] = encoding.ids
-        total = sum(len(rows[i]) + 1 for i in short)
+            token_lists[i] = encoding.ids
+        total = sum(len(token_lists[i]) + 1 for i in short)
         for i in sorted(set(range(len(texts))) - set(short)):
-            _check_total(total, max_total)
-            rows[i] = self._long(i, texts[i], prefix, budget, truncate)
-            total += len(rows[i]) + 1
-        _check_total(total, max_total)
-        return [row + [self.eos_id] for row in rows]
+            check_request_tokens(total, max_total)
+            token_lists[i] = self._long(i, texts[i], prefix, budget, truncate)
+            total += len(token_lists[i]) + 1
+        check_request_tokens(total, max_total)
+        return [tokens + [self.eos_id] for tokens in token_lists]
 
     def _long(self, index: int, text: str, prefix: str, budget: int, truncate: str) -> list[int]:
         full = prefix + text
@@ -108,20 +110,16 @@ class TextTokenizer:
             chars *= 2
         return self.tokenizer.encode(text, add_special_tokens=False).ids[-keep:]
 
-    def pad(self, rows: list[list[int]], buckets: tuple[int, ...] = ()) -> TokenizedBatch:
-        """Right-pad to the longest row, or up to the next length bucket when buckets are given.
+    def pad(self, token_lists: list[list[int]], buckets: tuple[int, ...] = ()) -> TokenizedBatch:
+        """Right-pad to the longest text, or up to the next length bucket when buckets are given.
 
         Buckets make requests of similar lengths the same shape, which is what
         Triton's dynamic batcher needs to merge them for the TensorRT backend.
         """
-        longest = max(len(row) for row in rows)
+        longest = max(len(tokens) for tokens in token_lists)
         longest = next((b for b in sorted(buckets) if b >= longest), longest)
-        ids = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), longest), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, :len(row)] = row
-            mask[i, :len(row)] = 1
-        counts = np.array([[len(row)] for row in rows], dtype=np.int32)
+        ids, mask = right_pad(token_lists, self.pad_id, longest)
+        counts = np.array([[len(tokens)] for tokens in token_lists], dtype=np.int32)
         return TokenizedBatch(ids, mask, counts)
 
     def __call__(self, texts: list[str], input_type: str, truncate: str,
@@ -129,11 +127,14 @@ class TextTokenizer:
         return self.pad(self.token_ids(texts, input_type, truncate, max_total), buckets)
 
 
-def _check_total(total: int, limit: int | None) -> None:
-    """Tokens after truncation of one request: a static cap, so retrying cannot help."""
-    if limit is not None and total > limit:
-        raise InvalidArgument(TEXT, f"the request holds more than {limit} tokens after truncation, the limit per "
-                              f"request; send fewer texts per request (the project's client splits by tokens)")
+def right_pad(token_lists: list, pad_id: int = 0, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids, attention_mask int64 [n, length or the longest]: each text's ids, then pad_id."""
+    length = length or max(len(tokens) for tokens in token_lists)
+    ids = np.full((len(token_lists), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(token_lists), length), dtype=np.int64)
+    for i, tokens in enumerate(token_lists):
+        ids[i, :len(tokens)], mask[i, :len(tokens)] = tokens, 1
+    return ids, mask
 
 
 def parse_buckets(text: str) -> tuple[int, ...]:

@@ -22,8 +22,8 @@ ADAPTER_FILE = "adapter.safetensors"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-class TorchRows:
-    """Rows on the engine's device (see packing.NumpyRows): every request's real tokens go over
+class TorchPasses:
+    """Passes built on the engine's device (see packing.NumpyPasses): every request's real tokens go over
     once, through pinned host memory (torch's caching host allocator reuses it), each pass is
     gathered on the device, the pooled states come back once: one host sync per execute."""
 
@@ -53,14 +53,14 @@ class TorchRows:
     def gather(self, staged, begin: int, end: int, longest: int):
         torch = self.torch
         flat, starts, lengths, order = staged
-        rows = order[begin:end]
+        taken = order[begin:end]
         steps = torch.arange(longest, device=self.device)
-        mask = steps[None, :] < lengths[rows][:, None]
-        index = (starts[rows][:, None] + steps[None, :]).clamp_(max=flat.numel() - 1)
+        mask = steps[None, :] < lengths[taken][:, None]
+        index = (starts[taken][:, None] + steps[None, :]).clamp_(max=flat.numel() - 1)
         return torch.where(mask, flat[index], 0), mask.long()
 
-    def output(self, rows: int, width: int):
-        return self.torch.empty((rows, width), dtype=self.torch.float32, device=self.device)
+    def output(self, count: int, width: int):
+        return self.torch.empty((count, width), dtype=self.torch.float32, device=self.device)
 
     @staticmethod
     def scatter(out, staged, begin: int, end: int, pooled) -> None:
@@ -98,7 +98,7 @@ class TorchEngine:
         model = EuroBert(config)
         model.load_state_dict(state, strict=True)
         self.model = model.placed(self.device, getattr(torch, DTYPES[self.precision])).eval()
-        self.rows = TorchRows(self.device)
+        self.passes = TorchPasses(self.device)
         self.vocab_size = int(config["vocab_size"])
         self.width = int(config["hidden_size"])
         self.compiled = CompiledShapes(self.model, compile_buckets) if compile_buckets else None

@@ -47,19 +47,9 @@ def cmd_build(args) -> int:
 def serve_settings(args):
     from jina_triton_build.options import serve_limits
 
-    from .serve import GatewaySettings, ServeSettings
+    from .settings import ServeOptions
 
-    gateway = None
-    if args.gateway:
-        gateway = GatewaySettings(args.gateway_host, args.gateway_port, args.gateway_tls_cert, args.gateway_tls_key,
-                                  args.api_key_file, args.admin_key_file, args.allow_anonymous)
-    return ServeSettings(host=args.host, http_host=args.http_host or "127.0.0.1", http_port=args.http_port,
-                         grpc_port=args.grpc_port, metrics_port=args.metrics_port, tls_cert=args.tls_cert,
-                         tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-                         allow_insecure_http=args.allow_insecure_http,
-                         limits={name: getattr(args, name) for name in serve_limits()},
-                         ready_timeout=args.ready_timeout, max_restarts=args.max_restarts,
-                         trace_endpoint=args.trace_endpoint, gateway=gateway, metrics_host=args.metrics_host)
+    return ServeOptions.from_arguments(args, {name: getattr(args, name) for name in serve_limits()})
 
 
 def cmd_serve(args) -> int:
@@ -94,7 +84,7 @@ def cmd_up(args) -> int:
                      progress=_step)
     settings = serve_settings(args)
     if target == "tensorrt":  # plans for this GPU, each past its parity gate, or the PyTorch encoders
-        from .container import prepare_tensorrt
+        from jina_triton_build.tensorrt_step import prepare_tensorrt
 
         decision = prepare_tensorrt(repository, workdir, checkpoint.fingerprint, log.info)
         if decision.engine == "none":
@@ -122,7 +112,7 @@ def cmd_bench(args) -> int:
     from jina_triton_build.checkpoint import open_checkpoint
     from jina_triton_build.synth import synthetic_checkpoint
 
-    from .bench import markdown, run_bench
+    from jina_triton_tools.bench import markdown, run_bench
 
     out = Path(args.out)
     if args.checkpoint:
@@ -137,7 +127,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_gpu_check(args) -> int:
-    from .gpu_check import run
+    from jina_triton_tools.gpu_check import run
 
     return run(args)
 
@@ -207,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--cache-dir")
     bench.set_defaults(run=cmd_bench)
 
-    from .gpu_check import add_arguments as gpu_check_arguments
+    from jina_triton_tools.gpu_check import add_arguments as gpu_check_arguments
 
     check = commands.add_parser("gpu-check", help="the GPU check: cuda target, parity, throughput sweep")
     gpu_check_arguments(check)
@@ -216,35 +206,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _server_arguments(parser, add_limits) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="Triton's gRPC and metrics address (default 127.0.0.1; another one needs mutual TLS: "
-                             "--tls-cert, --tls-key and --tls-client-ca)")
-    parser.add_argument("--http-host", help="Triton's HTTP address, which has no TLS (default 127.0.0.1; another one "
-                                            "needs --allow-insecure-http)")
-    parser.add_argument("--allow-insecure-http", action="store_true",
-                        help="let Triton's plaintext, unauthenticated HTTP inference listen beyond loopback")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--metrics-host", help="Triton's metrics address (default: --host; metrics hold no secret)")
-    parser.add_argument("--tls-cert", help="gRPC TLS: server certificate (PEM)")
-    parser.add_argument("--tls-key", help="gRPC TLS: server private key (PEM)")
-    parser.add_argument("--tls-client-ca", help="gRPC mutual TLS: CA that client certificates must chain to")
-    parser.add_argument("--ready-timeout", type=float, default=900)
-    parser.add_argument("--max-restarts", type=int, default=3, help="tritonserver restarts per minute before giving up")
-    parser.add_argument("--trace-endpoint", help="OTLP/HTTP endpoint for Triton's traces (requests with a traceparent)")
+    from .settings import ServeOptions
+
+    ServeOptions.add_arguments(parser)
     add_limits(parser)
-    parser.add_argument("--no-gateway", dest="gateway", action="store_false",
-                        help="do not start the OpenAI/Jina gateway beside Triton")
-    parser.add_argument("--gateway-host", default="127.0.0.1")
-    parser.add_argument("--gateway-port", type=int, default=8080)
-    parser.add_argument("--gateway-tls-cert", help="the gateway's TLS certificate (PEM)")
-    parser.add_argument("--gateway-tls-key", help="the gateway's TLS private key (PEM)")
-    parser.add_argument("--api-key-file", help="file with the gateway's API key(s), one per line "
-                                               "(or $JINA_TRITON_API_KEY); never on a command line")
-    parser.add_argument("--admin-key-file", help="file with the gateway's admin key (or $JINA_TRITON_ADMIN_KEY)")
-    parser.add_argument("--allow-anonymous", action="store_true",
-                        help="let the gateway serve without API keys on an address beyond loopback")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from jina_triton_build.checkpoint import CheckpointError
     from jina_triton_build.engines import EngineError
 
-    from .server import ServeError
+    from .triton_process import ServeError
 
     try:
         return args.run(args)

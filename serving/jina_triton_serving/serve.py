@@ -14,70 +14,30 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from jina_triton_build.repository import read_manifest
-from jina_triton_pipeline.internals import limit_env
+from jina_triton_models.layout import read_manifest
 
-from .server import Security, ServeError, TritonServer, die_with_parent
+from .gateway.process import gateway_command
+from .settings import ADMIN_KEY_ENV, API_KEY_ENV, LOCK_KEY_ENV, STATUS_FILE_ENV, ServeOptions
 from .supervisor import StubSupervisor
+from .triton_process import ServeError, TritonServer, die_with_parent
 
 log = logging.getLogger("jina_triton")
-STATUS_ENV = "JINA_TRITON_STATUS_FILE"
 
 
-@dataclass
-class GatewaySettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    api_key_file: str | None = None     # else $JINA_TRITON_API_KEY
-    admin_key_file: str | None = None   # else $JINA_TRITON_ADMIN_KEY
-    allow_anonymous: bool = False       # no API key on an address beyond loopback
+def check_gateway(options: ServeOptions) -> None:
+    """What the gateway would refuse at start, found before Triton starts."""
+    from .gateway.__main__ import GatewayConfigError, check_exposure, read_keys
 
-    def arguments(self) -> list[str]:
-        args = ["--host", self.host, "--port", str(self.port)]
-        for flag, value in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
-                            ("--api-key-file", self.api_key_file), ("--admin-key-file", self.admin_key_file)):
-            args += [flag, value] if value else []
-        return args + (["--allow-anonymous"] if self.allow_anonymous else [])
-
-    def check(self) -> None:
-        """What the gateway would refuse at start, found before Triton starts."""
-        from .gateway.__main__ import GatewayConfigError, check_exposure, read_keys
-
-        try:
-            read_keys(self.admin_key_file, "JINA_TRITON_ADMIN_KEY")
-            check_exposure(self.host, read_keys(self.api_key_file, "JINA_TRITON_API_KEY"), self.allow_anonymous)
-        except (GatewayConfigError, OSError) as exc:
-            raise ServeError(str(exc)) from None
-
-
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"           # Triton's gRPC and metrics
-    http_host: str = "127.0.0.1"      # Triton's HTTP (no TLS)
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    allow_insecure_http: bool = False  # Triton's HTTP beyond loopback: plaintext, unauthenticated inference
-    limits: dict = field(default_factory=dict)      # option name -> lowered value
-    ready_timeout: float = 900
-    max_restarts: int = 3             # per minute; more and serve gives up
-    trace_endpoint: str | None = None
-    log_file: Path | None = None
-    gateway: GatewaySettings | None = None
-    metrics_host: str | None = None   # default: host
-    triton_args: list = field(default_factory=list)
+    try:
+        read_keys(options.admin_key_file, ADMIN_KEY_ENV)
+        check_exposure(options.gateway_host, read_keys(options.api_key_file, API_KEY_ENV), options.allow_anonymous)
+    except (GatewayConfigError, OSError) as exc:
+        raise ServeError(str(exc)) from None
 
 
 class RestartBudget:
@@ -126,13 +86,13 @@ def example_request(http_url: str) -> str:
             "\"dimensions\":256},\"outputs\":[{\"name\":\"embeddings\"}]}'")
 
 
-def start_gateway(settings: GatewaySettings, server: TritonServer, status: Path, limits: dict) -> subprocess.Popen:
+def start_gateway(options: ServeOptions, server: TritonServer, status: Path, limits: dict) -> subprocess.Popen:
     """The gateway in its own process: it holds the keys (from the environment or files, never argv)
     and cuts requests to the repository's limits."""
-    command = [sys.executable, "-m", "jina_triton_serving.gateway", "--triton", server.grpc_url,
-               "--triton-metrics", server.metrics_url, *settings.arguments(),
-               "--max-request-tokens", str(limits["max_request_tokens"]), "--max-length", str(limits["max_length"])]
-    env = {**os.environ, STATUS_ENV: str(status), "JINA_TRITON_LOCK_KEY": server.security.lock_key}
+    command = gateway_command(server.grpc_url, "--triton-metrics", server.metrics_url, *options.gateway_arguments(),
+                              "--max-request-tokens", str(limits["max_request_tokens"]),
+                              "--max-length", str(limits["max_length"]))
+    env = {**os.environ, STATUS_FILE_ENV: str(status), LOCK_KEY_ENV: server.security.lock_key}
     return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
 
 
@@ -144,21 +104,14 @@ def effective_limits(manifest: dict, lowered: dict) -> dict:
             if name in built}
 
 
-def serve(repository: Path, settings: ServeSettings) -> int:
+def serve(repository: Path, settings: ServeOptions) -> int:
     manifest = read_manifest(repository)
     if settings.gateway:
-        settings.gateway.check()
+        check_gateway(settings)
     if manifest["checkpoint"]["synthetic"]:
         banner(f"SERVING A {manifest['checkpoint']['label']}")
-    env = {limit_env(name): str(value) for name, value in settings.limits.items() if value}
-    security = Security(tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_client_ca=settings.tls_client_ca,
-                        allow_insecure_http=settings.allow_insecure_http)
     with tempfile.TemporaryDirectory(prefix="jina-triton-") as runtime:
-        server = TritonServer(repository, host=settings.host, http_host=settings.http_host,
-                              http_port=settings.http_port, grpc_port=settings.grpc_port,
-                              metrics_port=settings.metrics_port, env=env, security=security,
-                              log_file=settings.log_file, trace_endpoint=settings.trace_endpoint,
-                              metrics_host=settings.metrics_host, extra_args=list(settings.triton_args))
+        server = TritonServer.from_options(repository, settings)
         status = Status(Path(runtime) / "status.json")
         gateway = None
 
@@ -186,10 +139,9 @@ def serve(repository: Path, settings: ServeSettings) -> int:
             status.update(triton="up", down=sorted(failed))
             StubSupervisor(server, on_change=lambda down: status.update(down=sorted(set(down) | set(failed)))).start()
             if settings.gateway and gateway is None:
-                gateway = start_gateway(settings.gateway, server, status.path,
-                                        effective_limits(manifest, settings.limits))
-                log.info("gateway: http%s://%s:%d/v1/embeddings", "s" if settings.gateway.tls_cert else "",
-                         settings.gateway.host, settings.gateway.port)
+                gateway = start_gateway(settings, server, status.path, effective_limits(manifest, settings.limits))
+                log.info("gateway: http%s://%s:%d/v1/embeddings", "s" if settings.gateway_tls_cert else "",
+                         settings.gateway_host, settings.gateway_port)
             log.info("ready: gRPC %s, HTTP http://%s, metrics %s", server.grpc_url, server.http_url, server.metrics_url)
             log.info("try: %s", example_request(server.http_url))
             code = server.wait()

@@ -72,7 +72,6 @@ class StubSupervisor:
         self.server, self.interval, self.max_backoff = server, interval, max_backoff
         self.on_change = on_change or (lambda down: None)
         self.down: list[str] = []
-        self.reloads = 0
         self.retired = Retired(retire_idle_s)
 
     def start(self) -> threading.Thread:
@@ -140,7 +139,6 @@ class StubSupervisor:
             return None
         self.server.model_action(model, "unload")
         self.server.model_action(model, "load")
-        self.reloads += 1
         now = self.server.stub_pids().get(key, set())
         self.retired.add(survivors & now)
         log.warning("a Python stub of %s died: model reloaded", model)

@@ -3,8 +3,10 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from jina_triton_pipeline.encoding import EncoderStep, NumpyTensors, OnnxEngine
-from jina_triton_pipeline.triton_adapter import limit, model_parameters
+from jina_triton_pipeline.encoder_step import EncoderStep, NumpyTensors
+from jina_triton_pipeline.limits import ModelLimits
+from jina_triton_pipeline.onnx_engine import OnnxEngine
+from jina_triton_pipeline.triton_requests import model_parameters
 
 
 class TritonPythonModel:
@@ -13,8 +15,8 @@ class TritonPythonModel:
         engine = OnnxEngine(Path(args["model_repository"]) / args["model_version"] / "model.onnx",
                             int(params["threads"]), int(params["vocab_size"]))
         self.step = EncoderStep(pb_utils, engine, NumpyTensors(pb_utils), int(params["token_budget"]),
-                                limit(params, "max_length"), args["model_name"], args.get("model_instance_name", ""),
-                                float(params["max_padding"]))
+                                ModelLimits.load(params).max_length, args["model_name"],
+                                args.get("model_instance_name", ""), float(params["max_padding"]))
 
     def execute(self, requests):
         return self.step.execute(requests)

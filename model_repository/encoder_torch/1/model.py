@@ -5,11 +5,12 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from jina_triton_pipeline.encoding import DlpackTensors, EncoderStep
+from jina_triton_pipeline.encoder_step import DlpackTensors, EncoderStep
+from jina_triton_pipeline.limits import ModelLimits
 from jina_triton_pipeline.parity import ParityError
 from jina_triton_pipeline.tokenization import parse_buckets
 from jina_triton_pipeline.torch_engine import TorchEngine
-from jina_triton_pipeline.triton_adapter import limit, model_parameters
+from jina_triton_pipeline.triton_requests import model_parameters
 
 
 class TritonPythonModel:
@@ -32,8 +33,8 @@ class TritonPythonModel:
                                  f"{cosine:.7f}; warm-up and gate {time.perf_counter() - started:.1f} s; "
                                  f"numpy {np.__version__}")
         self.step = EncoderStep(pb_utils, engine, DlpackTensors(pb_utils), int(params["token_budget"]),
-                                limit(params, "max_length"), args["model_name"], args.get("model_instance_name", ""),
-                                float(params["max_padding"]))
+                                ModelLimits.load(params).max_length, args["model_name"],
+                                args.get("model_instance_name", ""), float(params["max_padding"]))
 
     def execute(self, requests):
         return self.step.execute(requests)

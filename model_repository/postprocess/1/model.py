@@ -7,13 +7,9 @@ from jina_triton_client.contract import TOKEN_COUNT
 from jina_triton_pipeline.internals import ENCODE_US, POOLED_STATE, TOKENIZE_US
 from jina_triton_pipeline.quantization import Calibration
 from jina_triton_pipeline.steps import Postprocessor
-from jina_triton_pipeline.triton_adapter import (
-    ModelMetrics, error_response, limit, model_parameters, request_parameters)
-
-
-def _input(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
+from jina_triton_pipeline.limits import ModelLimits
+from jina_triton_pipeline.model_metrics import ModelMetrics
+from jina_triton_pipeline.triton_requests import error_response, model_parameters, read_input, request_parameters
 
 
 class TritonPythonModel:
@@ -22,14 +18,15 @@ class TritonPythonModel:
         self.metrics = ModelMetrics(pb_utils, args["model_name"], args.get("model_instance_name", ""))
         folder = Path(args["model_repository"]) / args["model_version"]
         self.step = Postprocessor(Calibration.load(folder / "calibration.npz"), int(params["hidden_size"]),
-                                  limit(params, "max_length"))
+                                  ModelLimits.load(params).max_length)
 
     def execute(self, requests):
         return self.metrics.answered([self._respond(request) for request in requests])
 
     def _respond(self, request):
         try:
-            inputs = (_input(request, name) for name in (POOLED_STATE, TOKEN_COUNT, TOKENIZE_US, ENCODE_US))
+            names = (POOLED_STATE, TOKEN_COUNT, TOKENIZE_US, ENCODE_US)
+            inputs = (read_input(pb_utils, request, name) for name in names)
             outputs = self.step(*inputs, request_parameters(request))
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
         except Exception as exc:  # noqa: BLE001

@@ -6,8 +6,9 @@ import triton_python_backend_utils as pb_utils
 from jina_triton_client.contract import TEXT
 from jina_triton_pipeline.steps import Preprocessor
 from jina_triton_pipeline.tokenization import parse_buckets
-from jina_triton_pipeline.triton_adapter import (
-    ModelMetrics, error_response, limit, model_parameters, request_parameters)
+from jina_triton_pipeline.limits import ModelLimits
+from jina_triton_pipeline.model_metrics import ModelMetrics
+from jina_triton_pipeline.triton_requests import error_response, model_parameters, read_input, request_parameters
 
 
 class TritonPythonModel:
@@ -15,19 +16,16 @@ class TritonPythonModel:
         params = model_parameters(args)
         self.metrics = ModelMetrics(pb_utils, args["model_name"], args.get("model_instance_name", ""))
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.step = Preprocessor.load(
-            folder / "tokenizer.json", limit(params, "max_length"), width=int(params["hidden_size"]),
-            max_text_bytes=limit(params, "max_text_bytes"), max_request_bytes=limit(params, "max_request_bytes"),
-            max_request_tokens=limit(params, "max_request_tokens"),
-            buckets=parse_buckets(params.get("length_buckets", "")))
+        self.step = Preprocessor.load(folder / "tokenizer.json", ModelLimits.load(params),
+                                      width=int(params["hidden_size"]),
+                                      buckets=parse_buckets(params.get("length_buckets", "")))
 
     def execute(self, requests):
         return self.metrics.answered([self._respond(request) for request in requests])
 
     def _respond(self, request):
         try:
-            tensor = pb_utils.get_input_tensor_by_name(request, TEXT)
-            outputs = self.step(None if tensor is None else tensor.as_numpy(), request_parameters(request))
+            outputs = self.step(read_input(pb_utils, request, TEXT), request_parameters(request))
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
         except Exception as exc:  # noqa: BLE001 - every failure becomes a clean response
             return error_response(pb_utils, exc, request)

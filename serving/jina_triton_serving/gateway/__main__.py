@@ -14,6 +14,8 @@ from pathlib import Path
 
 from jina_triton_client import Limits
 
+from ..settings import ADMIN_KEY_ENV, API_KEY_ENV, LOCK_KEY_ENV, STATUS_FILE_ENV
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .app import Config
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=Limits().max_length, help="the server's tokens per text")
     parser.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
                         help="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces (default: none)")
-    parser.add_argument("--status-file", default=os.environ.get("JINA_TRITON_STATUS_FILE"),
+    parser.add_argument("--status-file", default=os.environ.get(STATUS_FILE_ENV),
                         help="the status `jina-triton serve` writes (Triton up, models down)")
 
 
@@ -71,17 +73,17 @@ def read_keys(file: str | None, variable: str) -> tuple:
 def check_exposure(host: str, api_keys: tuple, allow_anonymous: bool) -> None:
     if host not in LOOPBACK and not api_keys and not allow_anonymous:
         raise GatewayConfigError(f"the gateway would serve anyone on {host} without an API key: set "
-                                 f"$JINA_TRITON_API_KEY or --api-key-file, or pass --allow-anonymous on purpose")
+                                 f"${API_KEY_ENV} or --api-key-file, or pass --allow-anonymous on purpose")
 
 
 def config_from(args):
     from .app import Config
 
-    admin = read_keys(args.admin_key_file, "JINA_TRITON_ADMIN_KEY")
-    api_keys = read_keys(args.api_key_file, "JINA_TRITON_API_KEY")
+    admin = read_keys(args.admin_key_file, ADMIN_KEY_ENV)
+    api_keys = read_keys(args.api_key_file, API_KEY_ENV)
     check_exposure(args.host, api_keys, args.allow_anonymous)
     return Config(triton=args.triton, api_keys=api_keys,
-                  admin_key=admin[0] if admin else None, triton_lock_key=os.environ.get("JINA_TRITON_LOCK_KEY"),
+                  admin_key=admin[0] if admin else None, triton_lock_key=os.environ.get(LOCK_KEY_ENV),
                   max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                   max_concurrency=args.max_concurrency, timeout=args.timeout, body_timeout=args.body_timeout,
                   status_file=Path(args.status_file) if args.status_file else None,

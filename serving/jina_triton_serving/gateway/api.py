@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from jina_triton_client.errors import EmbeddingError, Failure
 from jina_triton_client.contract import (
     MAX_DIMENSIONS, MIN_DIMENSIONS, MODEL_NAME, TASKS, TRUNCATE_END, TRUNCATE_MODES, TRUNCATE_NONE)
 
@@ -63,6 +64,34 @@ class ApiError(Exception):
 
 def invalid(param: str, rule: str) -> ApiError:
     return ApiError(400, f"{param}: {rule}", param)
+
+
+def unauthorized(what: str) -> ApiError:
+    return ApiError(401, f"missing or wrong {what}: send 'Authorization: Bearer <key>'", None, "authentication_error")
+
+
+# Each kind of server failure (jina_triton_client.errors.Failure) as the API answers it: the one table.
+# A model Triton does not find is one that is down (reloading, unloaded): the gateway itself refuses
+# a task it does not serve before asking Triton.
+HTTP_STATUS = {Failure.INVALID: 400, Failure.OVERLOADED: 429, Failure.NOT_FOUND: 503, Failure.UNAVAILABLE: 503,
+               Failure.STUB_CRASHED: 503, Failure.RELOADING: 503, Failure.DEADLINE: 503, Failure.FORBIDDEN: 500,
+               Failure.INTERNAL: 500}
+assert set(HTTP_STATUS) == set(Failure)
+
+
+def server_error(exc: EmbeddingError, retry_after: int) -> ApiError:
+    """Triton's answer, in the API's terms: its field names (input, not text) and no internals."""
+    status = HTTP_STATUS[exc.failure]
+    message = exc.cause.replace("text[", "input[")
+    if status == 400:
+        return ApiError(400, message, message.split(":", 1)[0] if ":" in message else None)
+    if status == 429:
+        return ApiError(429, "the server is overloaded; retry after the time in Retry-After", None, "rate_limit_error",
+                        retry_after)
+    if status == 503:
+        return ApiError(503, "the embedding backend is not available; retry later", None, "server_error", retry_after)
+    return ApiError(500, message if message.startswith("internal error, id") else "internal error", None,
+                    "server_error")
 
 
 @dataclass(frozen=True)

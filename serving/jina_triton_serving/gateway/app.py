@@ -24,6 +24,7 @@ from starlette.routing import Route
 from jina_triton_client import AsyncEmbeddingClient, EmbeddingError, InvalidArgument, Limits, RetryPolicy
 from jina_triton_client.contract import REQUEST_ID_HEADER, TASKS, ensemble_name
 
+from ..triton_process import GRPC_ADMIN_KEY_HEADER
 from . import api
 from .telemetry import Metrics, Tracing, json_logger
 
@@ -36,9 +37,7 @@ except ImportError:  # pragma: no cover
     def dumps(value) -> bytes:
         return json.dumps(value).encode()
 
-OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired", "cancelled")
 READY_CACHE_S = 1.0
-GRPC_ADMIN_KEY_HEADER = "triton-grpc-protocol-admin-key"   # Triton's restricted-API header over gRPC
 
 
 @dataclass
@@ -65,22 +64,6 @@ def _error(error: api.ApiError, request_id: str) -> Response:
     if error.status == 401:
         headers["www-authenticate"] = "Bearer"
     return Response(dumps(error.body()), error.status, headers, media_type="application/json")
-
-
-def _server_error(exc: EmbeddingError, retry_after: int) -> api.ApiError:
-    """Triton's answer, in the API's terms."""
-    message = exc.message.split("', ", 1)[1] if exc.message.startswith("in ensemble '") else exc.message
-    message = message.replace("text[", "input[")
-    if exc.status == "INVALID_ARGUMENT":
-        return api.ApiError(400, message, message.split(":", 1)[0] if ":" in message else None)
-    if exc.status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED") and any(sign in exc.message for sign in OVERLOADED):
-        return api.ApiError(429, "the server is overloaded; retry after the time in Retry-After", None,
-                            "rate_limit_error", retry_after)
-    if exc.status in ("UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED", "CANCELLED") or "not healthy" in exc.message:
-        return api.ApiError(503, "the embedding backend is not available; retry later", None, "server_error",
-                            retry_after)
-    return api.ApiError(500, message if message.startswith("internal error, id") else "internal error", None,
-                        "server_error")
 
 
 class Gateway:
@@ -162,8 +145,7 @@ class Gateway:
         try:
             if not self._authorized(request, self.config.api_keys):
                 self.metrics.refused.labels("unauthorized").inc()
-                raise api.ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", None,
-                                   "authentication_error")
+                raise api.unauthorized("API key")
             with self._slot():
                 call = api.parse(api.load_json(await self._body(request), self.config.max_inputs),
                                  self.config.max_inputs)
@@ -230,7 +212,7 @@ class Gateway:
         except InvalidArgument as exc:
             raise api.invalid(exc.field.replace("text", "input", 1), exc.rule) from None
         except EmbeddingError as exc:
-            raise _server_error(exc, self.config.retry_after) from None
+            raise api.server_error(exc, self.config.retry_after) from None
 
     def _timing_headers(self, timings: dict, started: float, request_id: str) -> dict:
         """TEI's headers, in milliseconds: the slowest Triton request's parts; queue is the rest of
@@ -246,7 +228,7 @@ class Gateway:
 
     async def models(self, request: Request) -> Response:
         if not self._authorized(request, self.config.api_keys):
-            return _error(api.ApiError(401, "missing or wrong API key", None, "authentication_error"), "-")
+            return _error(api.unauthorized("API key"), "-")
         return Response(dumps(api.models_list(self.started)), media_type="application/json")
 
     async def health(self, request: Request) -> Response:
@@ -288,7 +270,7 @@ class Gateway:
     async def admin(self, request: Request) -> Response:
         """POST /admin/models/{model}/{load|unload}: explicit model control behind the admin key."""
         if not self.config.admin_key or not self._authorized(request, (self.config.admin_key,)):
-            return _error(api.ApiError(401, "missing or wrong admin key", None, "authentication_error"), "-")
+            return _error(api.unauthorized("admin key"), "-")
         model, action = request.path_params["model"], request.path_params["action"]
         if action not in ("load", "unload"):
             return _error(api.ApiError(404, "action: must be load or unload", "action", "not_found_error"), "-")

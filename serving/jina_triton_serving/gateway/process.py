@@ -9,7 +9,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..server import die_with_parent, free_port
+from ..settings import LOCK_KEY_ENV
+from ..triton_process import die_with_parent, free_port
+
+
+def gateway_command(triton: str, *args: str) -> list[str]:
+    """The gateway's command line in front of the Triton gRPC endpoint `triton`."""
+    return [sys.executable, "-m", "jina_triton_serving.gateway", "--triton", triton, *args]
 
 
 class GatewayProcess:
@@ -24,11 +30,10 @@ class GatewayProcess:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> "GatewayProcess":
-        command = [sys.executable, "-m", "jina_triton_serving.gateway", "--triton", self.server.grpc_url,
-                   "--port", str(self.port), *self.args]
+        command = gateway_command(self.server.grpc_url, "--port", str(self.port), *self.args)
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         key = getattr(getattr(self.server, "security", None), "lock_key", None)  # a real TritonServer's
-        lock = {"JINA_TRITON_LOCK_KEY": key} if key else {}
+        lock = {LOCK_KEY_ENV: key} if key else {}
         self.process = subprocess.Popen(command, env={**os.environ, **lock, **self.env}, stdout=output,
                                         stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 60

@@ -2,7 +2,7 @@
 """Make this source tree importable without installing it: one symlink per package, named as the
 wheels name them (pyproject.toml's [tool.setuptools] package-dir and packages, the client's
 too), in a folder to put first on sys.path. For a machine that gets a copy of the tree and no
-install: `python3 serving/source-view.py DIR` prints DIR. (`model_repository/` is the package
+install: `python3 tools/source-view.py DIR` prints DIR. (`model_repository/` is the package
 jina_triton_models: only the mapping makes that name importable.)"""
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def library_closure(roots: list[Path], libs: Path) -> list[Path]:
 
 def triton_files(stub_python: str = STUB_PYTHON) -> list[tuple[Path, str]]:
     """(file, name in the archive) for the server, the Python backend, one stub and their libraries."""
-    from .server import STUB, triton_home
+    from jina_triton_serving.triton_process import STUB, triton_home
 
     home = triton_home()
     libs = home.parent.parent / "nvidia_pytriton.libs"
@@ -80,7 +80,7 @@ def make_bundle(out: Path, progress=print, python: str = STUB_PYTHON, preset: in
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jina_triton_serving.gpu_bundle", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m jina_triton_tools.gpu_bundle", description=__doc__)
     parser.add_argument("--out", default=".gpu-bundle")
     parser.add_argument("--python", default=STUB_PYTHON, help="the Python version of the machine's stubs")
     args = parser.parse_args(argv)

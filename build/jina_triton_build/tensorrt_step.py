@@ -99,13 +99,13 @@ def choose_engine(repository: Path, cache: Path, gpu: str | None, trt_version: s
 
 
 def build_plan_from_profiles(onnx_path: Path, plan_path: Path, profiles_file: Path) -> None:  # pragma: no cover
-    from jina_triton_build.tensorrt import build_plan, read_profiles
+    from .tensorrt import build_plan, read_profiles
 
     build_plan(onnx_path, plan_path, read_profiles(profiles_file))
 
 
 def prepare_tensorrt(repository: Path, cache: Path, fingerprint: str, log) -> Decision:  # pragma: no cover - GPU only
-    from jina_triton_build.tensorrt import run_plan
+    from .tensorrt import run_plan
 
     decision = choose_engine(repository, cache, gpu_name(), tensorrt_version(), fingerprint,
                              build_plan_from_profiles, run_plan)

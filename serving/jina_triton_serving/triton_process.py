@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jina_triton_client.contract import FORWARDED_HEADERS
+from jina_triton_models.layout import default_cache_dir, digest, hold, private_dir
 
 STUB = "triton_python_backend_stub"
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace", "statistics")
-ADMIN_KEY_HEADER = "admin-key"                      # Triton's restricted-API header
-GRPC_HEADER_PREFIX = "triton-grpc-protocol-"        # ... over gRPC
+ADMIN_KEY_HEADER = "admin-key"                      # Triton's restricted-API header over HTTP
+GRPC_ADMIN_KEY_HEADER = "triton-grpc-protocol-" + ADMIN_KEY_HEADER   # ... and over gRPC
 SHM_DIR = Path("/dev/shm")
 SHM_STUB_BYTES = 1 << 20                             # the Python backend's default region per stub
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -86,7 +87,7 @@ def check_interpreter(stub: Path) -> None:
             f"the Triton Python stub links {library}, but this environment was made from the "
             f"Python at {sys.base_prefix}; models importing ssl/transformers would fail to load. "
             f"Rebuild the venv from the interpreter that owns that library (`rm -rf .venv && make "
-            f"venv`, which picks it; see platform-notes §9).")
+            f"venv`, which picks it).")
 
 
 def backend_dir(cache: Path | None = None) -> Path:
@@ -99,8 +100,6 @@ def backend_dir(cache: Path | None = None) -> Path:
     check_interpreter(stub)
     if stub.parent == triton / "backends" / "python":
         return triton / "backends"  # already complete (an NGC image)
-    from jina_triton_build.cache import default_cache_dir, digest, private_dir
-
     stub_digest = digest(stub)
     name = hashlib.sha256(f"{triton.resolve()}:{stub_digest}".encode()).hexdigest()[:16]
     root = private_dir(private_dir(private_dir(cache or default_cache_dir()) / "triton-backends") / name)
@@ -216,7 +215,7 @@ class Security:
         return {ADMIN_KEY_HEADER: self.lock_key}
 
     def grpc_admin_headers(self) -> dict:
-        return {GRPC_HEADER_PREFIX + ADMIN_KEY_HEADER: self.lock_key}
+        return {GRPC_ADMIN_KEY_HEADER: self.lock_key}
 
     def check_exposure(self, grpc_host: str, http_host: str) -> None:
         if grpc_host not in LOOPBACK and not (self.tls_cert and self.tls_client_ca):
@@ -268,6 +267,19 @@ class TritonServer:
     def __post_init__(self):
         self.shm_prefix = f"jina_triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self.security.check_exposure(self.host, self.http_host)
+
+    @classmethod
+    def from_options(cls, repository: Path, options) -> "TritonServer":
+        """Triton as `serve` runs it (a settings.ServeOptions): its limits lowered through the environment."""
+        from jina_triton_pipeline.internals import limit_env
+
+        security = Security(tls_cert=options.tls_cert, tls_key=options.tls_key, tls_client_ca=options.tls_client_ca,
+                            allow_insecure_http=options.allow_insecure_http)
+        return cls(repository, host=options.host, http_host=options.http_host, http_port=options.http_port,
+                   grpc_port=options.grpc_port, metrics_port=options.metrics_port, metrics_host=options.metrics_host,
+                   security=security, log_file=options.log_file, trace_endpoint=options.trace_endpoint,
+                   extra_args=list(options.triton_args),
+                   env={limit_env(name): str(value) for name, value in options.limits.items() if value})
 
     @classmethod
     def on_free_ports(cls, repository: Path, **settings) -> "TritonServer":
@@ -345,8 +357,6 @@ class TritonServer:
 
     def start(self) -> "TritonServer":
         """Start Triton on the repository's current snapshot, held (never pruned) until it stops."""
-        from jina_triton_build.repository import hold
-
         self.check_shm()
         if self._held is None:
             self._held = contextlib.ExitStack()
@@ -392,10 +402,6 @@ class TritonServer:
                 version = Path(argv[1].decode()).parent  # .../<model>/<version>/model.py
                 found.setdefault((version.parent.name, version.name), set()).add(pid)
         return found
-
-    def stubs(self) -> dict[tuple[str, str], int]:
-        """How many live stubs each (model, version) has."""
-        return {key: len(pids) for key, pids in self.stub_pids().items()}
 
     def repository_index(self) -> dict[tuple[str, str], str]:
         """(model, version) -> state (READY, UNAVAILABLE, ...) from the repository API."""

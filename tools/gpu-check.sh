@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check on a machine with an NVIDIA GPU and torch (+ transformers, peft, safetensors,
 # tokenizers) and none of this project installed: it runs from this copy of the tree (the
-# packages made importable by serving/source-view.py, no install) and a bundle `make gpu-bundle`
+# packages made importable by tools/source-view.py, no install) and a bundle `make gpu-bundle`
 # wrote beforehand (Triton, a numpy<2 wheel, the tokenizer).
-#   serving/gpu-check.sh [BUNDLE] [--cpu] [other jina-triton gpu-check options]
+#   tools/gpu-check.sh [BUNDLE] [--cpu] [other jina-triton gpu-check options]
 # Results and logs go to $OUT (default artifacts/gpu-check); the exit code is the check's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +18,9 @@ done
 export OUT=${OUT:-artifacts/gpu-check}
 mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/jina-gpu-check-XXXXXX")   # private (0700), never a fixed shared path
-export PYTHONPATH="$("$PYTHON" serving/source-view.py "$WORK/src")"
+export PYTHONPATH="$("$PYTHON" tools/source-view.py "$WORK/src")"
 "$PYTHON" -c "import sys, numpy, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/env.txt"
 set +e
-"$PYTHON" -m jina_triton_serving.gpu_check --bundle "$BUNDLE" --workdir "$WORK" --out "$OUT" "$@" 2>&1 | tee "$OUT/check.log"
+"$PYTHON" -m jina_triton_tools.gpu_check --bundle "$BUNDLE" --workdir "$WORK" --out "$OUT" "$@" 2>&1 | tee "$OUT/check.log"
 code=${PIPESTATUS[0]}
 exit "$code"

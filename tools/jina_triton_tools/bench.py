@@ -88,30 +88,27 @@ def _chunks(lengths: np.ndarray, budget: int, padding: float) -> list[np.ndarray
     return plan_chunks(lengths, budget, padding)
 
 
-def bare_engine(engine: Path, rows: list[list[int]], threads: int, repeats: int, flops: float,
+def bare_engine(engine: Path, token_lists: list[list[int]], threads: int, repeats: int, flops: float,
                 short: list[int]) -> tuple[Run, np.ndarray, dict]:
-    """The best packing of these rows on the bare engine; also every candidate's tokens/s."""
-    from jina_triton_build.engines import ort_session, run_session
+    """The best packing of these texts on the bare engine; also every candidate's tokens/s."""
+    from jina_triton_pipeline.onnx_engine import ort_session, run_session
+    from jina_triton_pipeline.tokenization import right_pad
 
     session = ort_session(engine, threads)
-    lengths = np.array([len(r) for r in rows])
-    pooled = np.zeros((len(rows), 0), np.float32)
+    lengths = np.array([len(tokens) for tokens in token_lists])
+    pooled = np.zeros((len(token_lists), 0), np.float32)
 
     def once(chunks) -> tuple[float, int, list]:
         nonlocal pooled
         computed, latencies = 0, []
         started = time.perf_counter()
         for chunk in chunks:
-            longest = int(lengths[chunk].max())
-            ids = np.zeros((len(chunk), longest), np.int64)
-            mask = np.zeros_like(ids)
-            for i, row in enumerate(chunk):
-                ids[i, :lengths[row]], mask[i, :lengths[row]] = rows[row], 1
+            ids, mask = right_pad([token_lists[i] for i in chunk])
             chunk_started = time.perf_counter()
             out = run_session(session, ids, mask)
             latencies.append((time.perf_counter() - chunk_started) * 1000)
             if pooled.shape[1] == 0:
-                pooled = np.zeros((len(rows), out.shape[1]), np.float32)
+                pooled = np.zeros((len(token_lists), out.shape[1]), np.float32)
             pooled[chunk] = out
             computed += ids.size
         return time.perf_counter() - started, computed, latencies
@@ -123,7 +120,7 @@ def bare_engine(engine: Path, rows: list[list[int]], threads: int, repeats: int,
         seconds, computed, latencies = once(_chunks(lengths, budget, padding))
         candidates[(budget, padding)] = (seconds, computed, latencies)
     best = min(candidates, key=lambda key: candidates[key][0])
-    run = Run("engine", texts=len(rows), real_tokens=int(lengths.sum()), flops=flops,
+    run = Run("engine", texts=len(token_lists), real_tokens=int(lengths.sum()), flops=flops,
               note=f"best of {len(PACKINGS)} packings: " + (f"budget {best[0]}, padding <= {best[1]}"
                                                              if best[0] else "one text per pass"))
     run.seconds.append(candidates[best][0])
@@ -259,7 +256,7 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
     from jina_triton_pipeline.internals import encoder_name
     from jina_triton_pipeline.tokenization import TextTokenizer
 
-    from .server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
 
     out.mkdir(parents=True, exist_ok=True)
     options = {p: BuildOptions(precision=p).resolved() for p in precisions}
@@ -296,7 +293,7 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
             runs[f"served-{precision}"] = served(server, texts, task, concurrency, repeats, flops)
             if gateway:
                 progress(f"(c) {precision} through the gateway")
-                from .gateway.process import GatewayProcess
+                from jina_triton_serving.gateway.process import GatewayProcess
 
                 with GatewayProcess(server, log_file=out / f"gateway-{precision}.log") as front:
                     runs[f"gateway-{precision}"] = through_gateway(front.url, server, texts, task, concurrency,

@@ -1,38 +1,18 @@
 """What every encoder model does with one `execute`: check each request, pack the rows of
 all of them under the token budget, run the engine, answer each request on its own.
 
-The engine is onnxruntime (`cpu` target) or PyTorch (`cuda` target); the tensors
-travel as numpy arrays or, for PyTorch, through DLPack.
+The engine is onnxruntime (`cpu` target, onnx_engine.py) or PyTorch (`cuda` target,
+torch_engine.py); the tensors travel as numpy arrays or, for PyTorch, through DLPack.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from .admission import Unavailable
-from .checks import check_token_batch
 from .internals import ATTENTION_MASK, ENCODE_US, INPUT_IDS, POOLED_STATE
-from .packing import MAX_PADDING, NumpyRows, run_packed
-from .triton_adapter import ModelMetrics, cancelled, error_response
-
-
-class OnnxEngine:
-    """A task's merged encoder as an ONNX graph that pools in the graph, on onnxruntime (CPU)."""
-
-    rows = NumpyRows
-
-    def __init__(self, path: Path, threads: int, vocab_size: int):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.vocab_size = vocab_size
-
-    def forward(self, input_ids, attention_mask):
-        return self.session.run([POOLED_STATE], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})[0]
+from .limits import Unavailable, check_token_batch
+from .model_metrics import ModelMetrics
+from .packing import MAX_PADDING, run_packed
+from .triton_requests import cancelled, error_response, read_input
 
 
 class NumpyTensors:
@@ -40,8 +20,7 @@ class NumpyTensors:
         self.pb = pb_utils
 
     def get(self, request, name):
-        tensor = self.pb.get_input_tensor_by_name(request, name)
-        return None if tensor is None else tensor.as_numpy()
+        return read_input(self.pb, request, name)
 
     def make(self, name, array):
         return self.pb.Tensor(name, np.ascontiguousarray(array))
@@ -94,7 +73,7 @@ class EncoderStep:
         return self.metrics.answered(responses)
 
     def _answer(self, requests, order: list[int], inputs: list, responses: list) -> None:
-        packed = run_packed(inputs, self.token_budget, self.engine.forward, rows=self.engine.rows,
+        packed = run_packed(inputs, self.token_budget, self.engine.forward, passes=self.engine.passes,
                             keep=lambda k: not cancelled(requests[order[k]]), max_padding=self.max_padding)
         self.metrics.tokens(packed.computed_tokens, packed.real_tokens)
         for k, index in enumerate(order):

@@ -1,7 +1,7 @@
 """The GPU check, one command: the `cuda` target on the real Triton, served parity, a throughput sweep.
 
 On a machine with an NVIDIA GPU and torch but none of this project's environment
-(`serving/gpu-check.sh` runs it from a copy of the tree and a bundle made beforehand by
+(`tools/gpu-check.sh` runs it from a copy of the tree and a bundle made beforehand by
 `make gpu-bundle`):
   1. environment  Triton unpacked; two stub environments made without pip: numpy<2 (the
                   bundle's wheel) for the models that move numpy arrays and BYTES, the machine's
@@ -149,7 +149,7 @@ def prepare(bundle: Path | None, workdir: Path) -> tuple[Path | None, str]:
     os.environ["JINA_TRITON_HOME"] = str(root / "pytriton" / "tritonserver")
     sources = [str(Path(p).resolve()) for p in sys.path if (Path(p) / "jina_triton_pipeline").is_dir()][:1]
     if not sources:
-        raise CheckFailed("jina_triton_pipeline is not importable: run through serving/gpu-check.sh")
+        raise CheckFailed("jina_triton_pipeline is not importable: run through tools/gpu-check.sh")
     here = sysconfig.get_paths()["purelib"]
     wheels = sorted(bundle.glob("numpy-1.*.whl"))
     if not wheels:
@@ -243,27 +243,21 @@ def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, se
     import torch
 
     from jina_triton_pipeline.packing import run_packed
+    from jina_triton_pipeline.tokenization import right_pad
     from jina_triton_pipeline.torch_engine import TorchEngine
 
     loaded = time.perf_counter()
     engine = TorchEngine(folder, precision, compile_buckets=buckets)
     engine.warm_up(options.token_budget)
     load_seconds = time.perf_counter() - loaded
-    requests = []
-    for group in _requests(rows):
-        longest = max(len(r) for r in group)
-        ids = torch.zeros((len(group), longest), dtype=torch.int64)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(group):
-            ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
-        requests.append((ids, mask))
+    requests = [tuple(torch.from_numpy(a) for a in right_pad(group)) for group in _requests(rows)]
     per_execute = max(1, options.encoder_max_rows // REQUEST_TEXTS)
     executes = [requests[i:i + per_execute] for i in range(0, len(requests), per_execute)]
 
     def everything():
         real = computed = 0
         for batch in executes:
-            packed = run_packed(batch, options.token_budget, engine.forward, rows=engine.rows,
+            packed = run_packed(batch, options.token_budget, engine.forward, passes=engine.passes,
                                 max_padding=options.max_padding)
             real, computed = real + packed.real_tokens, computed + packed.computed_tokens
         return real, computed
@@ -336,7 +330,7 @@ def run(args) -> int:
 
     from .comparison import Expected
     from .http_client import HttpInfer
-    from .server import TritonServer
+    from jina_triton_serving.triton_process import TritonServer
     from .workload import Workload, token_counter
 
     out, workdir = Path(args.out), workdir_for(args)
