@@ -151,3 +151,15 @@ def certificates(tmp_path_factory) -> Path:
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                  "-days", "2", "-out", f"{name}.pem", *extra, cwd=folder)
     return folder
+
+
+# a test needing an engine, a repository or a server is slow whatever its own marks say: `make test-fast`
+# (-m "not server and not slow") runs the rest, in minutes
+BUILT = {"fp32_engines", "int8_engines", "tiny_repository", "cuda_repository", "tensorrt_repository", "triton",
+         "triton_cuda", "any_target"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BUILT & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -223,10 +223,10 @@ def test_kserve_manifests_validate_against_kserves_crd_schemas(manifest, schema,
 def test_the_picker_takes_the_python_whose_libpython_the_stub_loads():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("pick_python", REPO_ROOT / "serving" / "pick-python.py")
+    spec = importlib.util.spec_from_file_location("pick_python", REPO_ROOT / "tools" / "pick-python.py")
     picker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(picker)
-    picked = subprocess.run([sys.executable, str(REPO_ROOT / "serving" / "pick-python.py")], capture_output=True,
+    picked = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "pick-python.py")], capture_output=True,
                             text=True, timeout=120)
     assert picked.returncode == 0, picked.stderr
     assert Path(picked.stdout.strip()).resolve() == Path(sys.base_prefix, "bin", "python3.11").resolve()
@@ -252,7 +252,7 @@ def test_the_kserve_runtime_puts_the_gateway_in_front_of_a_locked_triton():
     from jina_triton_serving.cli import parser
 
     args = parser().parse_args(argv[1:])
-    assert args.api_key_file and args.gateway_host == "0.0.0.0" and args.host == "127.0.0.1" and not args.http_host
+    assert args.api_key_file and args.gateway_host == "0.0.0.0" and args.host == args.http_host == "127.0.0.1"
     assert not args.allow_anonymous and not args.allow_insecure_http
     assert [port["containerPort"] for port in container["ports"]] == [args.gateway_port]
     assert not runtime["spec"].get("hostIPC")

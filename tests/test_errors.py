@@ -7,6 +7,7 @@ import pytest
 
 from jina_triton_client.errors import EmbeddingError, Failure, classify
 from jina_triton_client.retry import Attempts, RetryPolicy, RoundRobin
+from test_client_unit import Answer  # a tritonclient exception's stand-in
 
 # (status, Triton's message as a client sees it) -> kind
 SEEN = [
@@ -33,18 +34,6 @@ SEEN = [
 def test_each_answer_has_one_kind(status, message, kind):
     assert classify(status, message) is kind
     assert EmbeddingError(status, message).failure is kind
-
-
-class Answer(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self._status, self._message = status, message
-
-    def status(self):
-        return f"StatusCode.{self._status}"
-
-    def message(self):
-        return self._message
 
 
 @pytest.mark.parametrize("status, message, kind", SEEN)

@@ -74,7 +74,7 @@ def tree(tmp_path_factory) -> Path:
 def _check(tree: Path, bundle: Path, python: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home()), "PYTHON": str(python), "OUT": str(out),
            "LANG": "C.UTF-8", "TMPDIR": str(out.parent)}
-    return subprocess.run(["bash", str(tree / "serving" / "gpu-check.sh"), str(bundle), "--cpu", *args],
+    return subprocess.run(["bash", str(tree / "tools" / "gpu-check.sh"), str(bundle), "--cpu", *args],
                           cwd=tree, env=env, capture_output=True, text=True, timeout=1500)
 
 
@@ -102,9 +102,9 @@ def test_the_gpu_check_runs_from_a_raw_tree_in_the_boxs_environment(tree, bundle
 def test_the_report_is_on_disk_after_every_step_and_a_step_past_its_bound_ends_the_check(tmp_path):
     script = f"""
 import sys, time
-sys.path[:0] = {[str(REPO_ROOT / "serving"), str(REPO_ROOT / "client")]!r}
+sys.path[:0] = {[str(REPO_ROOT / "tools"), str(REPO_ROOT / "client")]!r}
 from pathlib import Path
-from jina_triton_serving import gpu_check
+from jina_triton_tools import gpu_check
 gpu_check.STEP_SECONDS.update(environment=60, replica=0.5)
 report = gpu_check.Report(Path({str(tmp_path)!r}), 1.0, 60)
 with report.step("environment"):

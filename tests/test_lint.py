@@ -15,7 +15,8 @@ BIN = Path(sys.executable).parent
 def test_ruff_checks_every_source_folder_and_finds_nothing():
     files = subprocess.run([str(BIN / "ruff"), "check", "--show-files", "."], capture_output=True, text=True,
                            cwd=REPO_ROOT).stdout
-    for folder in ("build/jina_triton_build", "serving/jina_triton_serving", "model_repository/jina_triton_pipeline",
+    for folder in ("build/jina_triton_build", "serving/jina_triton_serving", "tools/jina_triton_tools",
+                   "model_repository/jina_triton_pipeline",
                    "model_repository/encoder_torch/1", "client/jina_triton_client", "loadtest", "tests"):
         assert f"{REPO_ROOT}/{folder}/" in files, f"ruff skips {folder}"
     result = subprocess.run([str(BIN / "ruff"), "check", "."], capture_output=True, text=True, cwd=REPO_ROOT)

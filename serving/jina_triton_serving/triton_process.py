@@ -419,19 +419,18 @@ class TritonServer:
         with urllib.request.urlopen(request, timeout=300):
             pass
 
-    def ready(self) -> bool:
+    def _health(self, what: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as reply:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/{what}", timeout=2) as reply:
                 return reply.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
+    def ready(self) -> bool:
+        return self._health("ready")
+
     def live(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/live", timeout=2) as reply:
-                return reply.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return self._health("live")
 
     def wait_ready(self, timeout: float = 600) -> dict[str, str]:
         """Wait until Triton has loaded what it can (its endpoints open only then). Returns the models
