@@ -51,17 +51,24 @@ clean:
 CHECKPOINT ?=
 TARGET ?= auto
 PRECISION ?=
+TASKS ?=
 GATEWAY_HOST ?= 127.0.0.1
 .PHONY: serve
 serve: $(STAMP)
 	$(BIN)/jina-triton up --workdir $(ARTIFACTS) --target $(TARGET) --gateway-host $(GATEWAY_HOST) \
-		$(if $(PRECISION),--precision $(PRECISION)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+		$(if $(PRECISION),--precision $(PRECISION)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+		$(if $(TASKS),--tasks $(TASKS))
 
 # Throughput: bare engine vs served ensemble vs reference path, full-size SYNTHETIC replica.
 BENCH_ARGS ?=
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/jina-triton bench --preset full --out $(ARTIFACTS)/bench $(BENCH_ARGS)
+
+# The cpu serving defaults by measurement: token budget, padding, instances x threads (README table).
+.PHONY: bench-sweep
+bench-sweep: $(STAMP)
+	$(BIN)/jina-triton sweep --preset full --out $(ARTIFACTS)/sweep
 
 # Load tests (locust): sweep | soak | fault | overload on a server this run starts (PRESET=tiny|full;
 # overload defaults to the full replica), or on a running one (LOADTEST_ARGS="--url HOST:PORT ...").

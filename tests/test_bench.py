@@ -42,7 +42,14 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
         assert run["runs"] == (1 if name.startswith("reference") else 2) and (run["spread"] is None) == (run["runs"] == 1)
     machine = report["machine"]
     assert machine["cpu"]["model"] and machine["matmul_peak_gflops"] > 1 and "avx2" in machine["cpu"]["flags"]
-    assert len(report["packings"]["fp32"]) == 4
+    assert len(report["packings"]["fp32"]) == 5
+    for name in ("fp32", "int8", "fp32 --tasks retrieval"):
+        processes = report["memory"][name]["after load"]["by_process_mb"]
+        assert processes["tritonserver"] > 0 and processes["encoder_retrieval"] > 0, processes
+        assert ("encoder_clustering" in processes) == (name != "fp32 --tasks retrieval")
+    assert all(report["start"][p]["ready_s"] > 0 for p in ("fp32", "int8"))
+    assert all(report["results"][f"served-{p}"]["in_stub_ms"] > 0 for p in ("fp32", "int8"))
+    assert "cold start s (empty engine cache -> ready, fp32)" not in report["ratios"]  # a reused cache
     assert {"served/engine tokens/s (fp32)", "gateway/served tokens/s (fp32)"} <= set(report["ratios"])
     assert 0.9 < report["int8_cosine_vs_fp32"]["mean"] <= 1.0
     assert report["vocabularies"]["served"] > 0 and report["vocabularies"]["small_bpe"] > 0

@@ -1,7 +1,9 @@
-"""ONNX engines against the reference: every task, input type, dimension, padded batches."""
+"""The shared-backbone ONNX engines against the reference: every task through the one graph with its
+adapter bound, every input type, dimension, padded batches; the cache; the repository's sharing."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,10 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, sample_texts
-from jina_triton_build.engines import build_engines, ort_session, run_session
+from jina_triton_build.engines import ENGINE_FILES, build_engines, ort_session, run_session, task_graph
 from jina_triton_client.contract import TASKS
 from jina_triton_pipeline.internals import encoder_name
-from jina_triton_pipeline.pooling import matryoshka
+from jina_triton_pipeline.onnx_engine import (ADAPTER_FILE, PREPACKED_GRAPH, PREPACKED_STAMP, OnnxEngine,
+                                               machine_key, serving_graph)
+from jina_triton_pipeline.pooling import matryoshka, min_cosine
 
 BATCHES = {  # padded batches of different lengths
     "mixed": sample_texts(),
@@ -24,11 +28,11 @@ BATCHES = {  # padded batches of different lengths
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("input_type", ["query", "document"])
 def test_fp32_engine_matches_reference(fp32_engines, reference, task, input_type):
-    session = ort_session(fp32_engines.path(task))
+    engine = fp32_engines.engine(task)
     for name, texts in BATCHES.items():
         max_length = 48 if name == "long-truncated" else None
         batch = reference.tokenize(texts, input_type, max_length=max_length)
-        pooled = run_session(session, batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+        pooled = engine.forward(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
         for dims in (32, 256, 768):
             want = reference.encode(texts, task, input_type, dimensions=dims, max_length=max_length)
             got = matryoshka(pooled, dims)
@@ -43,20 +47,44 @@ def test_int8_engines_stay_near_fp32_when_run(int8_engines, fp32_engines, refere
     for task in TASKS:
         batch = reference.tokenize(texts, "document", max_length=256)
         ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
-        int8 = run_session(ort_session(int8_engines.path(task, "int8")), ids, mask)
-        fp32 = run_session(ort_session(fp32_engines.path(task, "fp32")), ids, mask)
+        int8 = int8_engines.engine(task, "int8").forward(ids, mask)
+        fp32 = fp32_engines.engine(task, "fp32").forward(ids, mask)
         cosine = min(float(np.sum(matryoshka(int8, d) * matryoshka(fp32, d), axis=1).min()) for d in (32, 256, 768))
         assert cosine >= 0.99, (task, cosine)
-        entry = int8_engines.report[task]["int8"]
+        entry = int8_engines.task_report(task)["int8"]
         assert entry["against"] == "fp32 engine" and 0.99 <= entry["min_cosine"] < 1.0
 
 
+def test_one_backbone_serves_every_task_and_each_adapter_changes_it(fp32_engines, reference):
+    """One graph file for the four tasks; without an adapter's update (zeros bound) the output is the
+    bare backbone's, with it each task's own: the adapters are what the inputs carry."""
+    batch = reference.tokenize(sample_texts()[:4], "document")
+    ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    engines = {task: fp32_engines.engine(task) for task in TASKS}
+    outputs = {task: engine.forward(ids, mask) for task, engine in engines.items()}
+    zeros = {name: np.zeros_like(array) for name, array in engines["retrieval"].adapter_inputs.items()}
+    bare = run_session(engines["retrieval"].session, ids, mask, zeros)
+    for task, pooled in outputs.items():
+        assert np.abs(pooled - bare).max() > 1e-3, task
+    assert len({tuple(np.round(p[0, :4], 5)) for p in outputs.values()}) == len(TASKS)
+    assert [p.name for p in fp32_engines.files()] == [ENGINE_FILES["fp32"], ENGINE_FILES["fp32"] + ".data"]
+
+
+@pytest.mark.parametrize("task", ["retrieval", "classification"])
+def test_a_folded_task_graph_equals_the_shared_one(tmp_path, fp32_engines, task):
+    """TensorRT takes one graph per task, the adapter folded in as weights: the same function."""
+    ids = np.array([[5, 6, 7, 8, 9, 2], [5, 6, 2, 0, 0, 0]], np.int64)
+    mask = (ids > 0).astype(np.int64)
+    folded = run_session(ort_session(task_graph(fp32_engines, task, tmp_path / "model.onnx")), ids, mask)
+    np.testing.assert_allclose(folded, fp32_engines.engine(task).forward(ids, mask), atol=1e-5)
+
+
 def test_second_build_reuses_engines(tiny_checkpoint, reference, engine_cache, fp32_engines):
-    mtimes = {task: fp32_engines.path(task).stat().st_mtime_ns for task in TASKS}
+    mtimes = [path.stat().st_mtime_ns for path in fp32_engines.files()]
     messages = []
     again = build_engines(tiny_checkpoint, "fp32", engine_cache, progress=messages.append, reference=reference)
     assert any("reused" in m for m in messages)
-    assert {task: again.path(task).stat().st_mtime_ns for task in TASKS} == mtimes
+    assert [path.stat().st_mtime_ns for path in again.files()] == mtimes
 
 
 def test_a_damaged_engine_is_rebuilt_and_a_crashed_build_leaves_nothing(tmp_path, tiny_checkpoint, reference,
@@ -67,16 +95,18 @@ def test_a_damaged_engine_is_rebuilt_and_a_crashed_build_leaves_nothing(tmp_path
     cache = tmp_path / "cache"
     shutil.copytree(fp32_engines.directory.parent.parent, cache)
     engines = build_engines(tiny_checkpoint, "fp32", cache, reference=reference)
-    path = engines.path("clustering")
+    path = engines.files()[1]  # the weights
     with open(path, "r+b") as file:  # a torn write in the middle
         file.seek(path.stat().st_size // 2)
         file.write(b"\0" * 4096)
-    (path.parent / ".model.onnx.999.partial").write_bytes(b"half an engine")
+    (path.parent / f".{path.name}.999.partial").write_bytes(b"half an engine")
     messages = []
     again = build_engines(tiny_checkpoint, "fp32", cache, progress=messages.append, reference=reference)
-    assert any(m.startswith("clustering: exported") for m in messages)
-    assert not any(m.startswith("retrieval: exported") for m in messages)
-    assert again.entry.intact(path, again.report["clustering"]["fp32"]["digest"])
+    assert any(m.startswith("backbone exported") for m in messages)
+    assert again.entry.intact(path, again.report["fp32"]["digests"][path.name])
+    reused = []
+    build_engines(tiny_checkpoint, "fp32", cache, progress=reused.append, reference=reference)
+    assert any("reused" in m for m in reused)
 
 
 def test_concurrent_builds_share_one_export(tmp_path, tiny_checkpoint_dir, fp32_engines):
@@ -87,7 +117,7 @@ def test_concurrent_builds_share_one_export(tmp_path, tiny_checkpoint_dir, fp32_
     shutil.copytree(fp32_engines.directory.parent.parent, cache)
     entry = next((cache / "engines").iterdir())
     report = json.loads((entry / "report.json").read_text())
-    report["retrieval"]["fp32"]["digest"] = "stale"  # force one re-export
+    report["fp32"]["digests"]["backbone.onnx"] = "stale"  # force one re-export
     (entry / "report.json").write_text(json.dumps(report))
     command = [sys.executable, "-m", "jina_triton_serving.cli", "build", "--checkpoint", str(tiny_checkpoint_dir),
                "--cache-dir", str(cache)]
@@ -95,7 +125,7 @@ def test_concurrent_builds_share_one_export(tmp_path, tiny_checkpoint_dir, fp32_
                                stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT) for i in range(2)]
     logs = [build.communicate(timeout=600)[0] for build in builds]
     assert all(build.returncode == 0 for build in builds), logs
-    assert sum(log.count("retrieval: exported") for log in logs) == 1, logs
+    assert sum(log.count("backbone exported") for log in logs) == 1, logs
 
 
 def test_cli_build_writes_engines_and_manifest(tmp_path, tiny_checkpoint_dir, engine_cache, int8_engines):
@@ -106,9 +136,36 @@ def test_cli_build_writes_engines_and_manifest(tmp_path, tiny_checkpoint_dir, en
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["checkpoint"]["synthetic"] is True and manifest["precision"] == "int8"
+    inodes = set()
     for task in TASKS:
-        assert (out / encoder_name(task) / "1" / "model.onnx").is_file()
+        version = out / encoder_name(task) / "1"
+        for name in (ENGINE_FILES["int8"], ENGINE_FILES["int8"] + ".data", PREPACKED_GRAPH, PREPACKED_GRAPH + ".data"):
+            inodes.add((version / name).stat().st_ino)
+        assert serving_graph(version, ENGINE_FILES["int8"])[0] == version / PREPACKED_GRAPH
+        assert (version / "adapter.npz").is_file()
         assert manifest["engines"][task]["fp32"]["min_cosine"] >= 0.99999
+        assert 0.99 <= manifest["engines"][task]["int8"]["min_cosine"] < 1.0
+    assert len(inodes) == 4  # the portable and the pre-packed graph and weights, linked into every task's folder
+
+
+def test_prepacked_weights_serve_only_the_machine_they_were_laid_out_for(tmp_path, tiny_repository, reference):
+    """The pre-packed graph equals the portable one; a stamp of another CPU or onnxruntime falls back
+    to the portable graph, saying why."""
+    version = tiny_repository / encoder_name("clustering") / "1"
+    graph, why = serving_graph(version, ENGINE_FILES["fp32"])
+    assert graph.name == PREPACKED_GRAPH and "shared by every encoder" in why
+    batch = reference.tokenize(sample_texts(), "document")
+    ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    packed = OnnxEngine(ort_session(graph), 0, version / ADAPTER_FILE).forward(ids, mask)
+    portable = OnnxEngine(ort_session(version / ENGINE_FILES["fp32"]), 0, version / ADAPTER_FILE).forward(ids, mask)
+    assert min_cosine(packed, portable) >= 0.99999
+    moved = tmp_path / "moved"
+    shutil.copytree(version, moved)
+    (moved / PREPACKED_STAMP).write_text(json.dumps({**machine_key(), "isa": ["sse4_1"]}))
+    graph, why = serving_graph(moved, ENGINE_FILES["fp32"])
+    assert graph == moved / ENGINE_FILES["fp32"] and "laid out for" in why and "rebuild the repository" in why
+    (moved / PREPACKED_STAMP).unlink()
+    assert serving_graph(moved, ENGINE_FILES["fp32"])[0] == moved / ENGINE_FILES["fp32"]
 
 
 def test_cli_build_bad_checkpoint_is_a_clean_error(tmp_path):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from conftest import sample_texts
-from jina_triton_build.engines import merged_encoder
 from jina_triton_client.contract import TASKS
 
 
@@ -42,8 +41,14 @@ def test_query_and_document_prefixes_differ(reference):
 def test_merged_equals_unmerged(tiny_checkpoint, reference, task):
     import torch
 
+    """The cuda target's merge (lora.merge_lora into transformers' EuroBertModel) against peft."""
+    from jina_triton_build.checkpoint import load_backbone, load_lora
+    from jina_triton_pipeline.lora import merge_lora
+
     batch = reference.tokenize(sample_texts(), "document")
-    merged = merged_encoder(tiny_checkpoint, task)
+    merged = load_backbone(tiny_checkpoint)
+    lora, scaling = load_lora(tiny_checkpoint, task)
+    assert merge_lora(dict(merged.named_parameters()), lora, scaling) == 7 * tiny_checkpoint.config["num_hidden_layers"]
     with torch.inference_mode():
         hidden = merged(**batch).last_hidden_state
     pooled = hidden[torch.arange(hidden.shape[0]), batch["attention_mask"].sum(1) - 1].numpy()

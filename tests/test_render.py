@@ -112,6 +112,6 @@ def test_instance_counts_and_batching_follow_the_target_and_the_machine():
     assert (gpu.preprocess_instances, gpu.postprocess_instances, gpu.encoder_instances) == (12, 4, 1)
     assert (gpu.encoder_max_rows, gpu.token_budget, gpu.max_padding) == (1024, 32768, 1.25)
     cpu = BuildOptions().resolved(cores=16)
-    assert (cpu.preprocess_instances, cpu.postprocess_instances, cpu.encoder_instances) == (2, 1, 2)
-    assert (cpu.encoder_max_rows, cpu.token_budget, cpu.max_padding) == (64, 8192, 1.10)
+    assert (cpu.preprocess_instances, cpu.postprocess_instances, cpu.encoder_instances) == (1, 1, 2)
+    assert (cpu.encoder_max_rows, cpu.token_budget, cpu.max_padding) == (64, 2048, 1.10)
     assert BuildOptions(target="cuda", preprocess_instances=3).resolved(cores=64).preprocess_instances == 3

@@ -274,16 +274,31 @@ def _check_adapter(checkpoint: Checkpoint, task: str) -> None:
     _compare_shapes(_header_shapes(file), lora_shapes(checkpoint.config, int(config["r"])), file)
 
 
-def load_backbone(checkpoint: Checkpoint, dtype=None):
-    """The native EuroBertModel with the checkpoint's weights (bf16 upcast to fp32)."""
+def load_backbone_state(checkpoint: Checkpoint, dtype=None) -> dict:
+    """The backbone's weights by module name (bf16 upcast to fp32 by default)."""
     import torch
     from safetensors.torch import load_file
+
+    dtype = dtype or torch.float32
+    return {_strip_prefix(k): v.to(dtype) for k, v in load_file(checkpoint.path / WEIGHTS_FILE).items()}
+
+
+def architecture(checkpoint: Checkpoint) -> dict:
+    """What jina_triton_pipeline.eurobert needs to build the backbone."""
+    config = checkpoint.config
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+            "rms_norm_eps")
+    return {**{key: config[key] for key in keys}, "rope_theta": rope_theta(config, checkpoint.path)}
+
+
+def load_backbone(checkpoint: Checkpoint, dtype=None):
+    """The native EuroBertModel (transformers) with the checkpoint's weights: the reference's backbone."""
+    import torch
     from transformers import EuroBertModel
 
     dtype = dtype or torch.float32
     model = EuroBertModel(backbone_config(checkpoint))
-    state = {_strip_prefix(k): v.to(dtype) for k, v in load_file(checkpoint.path / WEIGHTS_FILE).items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(load_backbone_state(checkpoint, dtype), strict=True)
     return model.to(dtype).eval()
 
 

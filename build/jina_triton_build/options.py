@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from jina_triton_pipeline.packing import MAX_PADDING
 from jina_triton_client.contract import (
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_TOKENS,
-    DEFAULT_MAX_TEXT_BYTES, MIN_MAX_LENGTH)
+    DEFAULT_MAX_TEXT_BYTES, MIN_MAX_LENGTH, task_list)
 
 TARGETS = ("cpu", "cuda", "tensorrt")
 PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp16", "bf16", "fp32"), "tensorrt": ("fp16",)}
@@ -23,6 +23,10 @@ DEFAULT_PRECISION = {"cpu": "fp32", "cuda": "fp16", "tensorrt": "fp16"}
 # budget and 1.25, the mixed workload packs into ~19k-token passes at 1.12 padded/real (a packing
 # simulation, `jina-triton gpu-check` prints it; GPU speed itself is unmeasured here).
 CPU_MAX_PADDING, GPU_MAX_PADDING = MAX_PADDING, 1.25
+# The cpu defaults come from `make bench-sweep` on this machine kind (README, "CPU defaults"): budgets
+# of 1,024-8,192 served within 4 % of each other, 2,048 the best; 2 encoder instances x 2 threads beat
+# 1 x 2 by 19 % and 2 x 1 by 16 %; one preprocess instance served as fast as two, 155 MB less
+CPU_TOKEN_BUDGET = 2048
 
 # The templates (model_repository/<name>/config.pbtxt.tmpl) an option is rendered into.
 PYTHON_MODELS = ("preprocess", "encoder_onnx", "encoder_torch", "postprocess")
@@ -38,6 +42,9 @@ def option(default, help: str, *, templates: tuple = (), choices=None, minimum: 
 
 @dataclass(frozen=True)
 class BuildOptions:
+    tasks: str = option("", "the tasks to build, comma-separated (e.g. retrieval,clustering); the repository "
+                        "holds and serves only their ensembles (default: every task of the checkpoint)",
+                        minimum=None, kind=str)
     target: str = option("cpu", "cpu: onnxruntime engines (run and tested here); cuda: PyTorch engines on "
                          "the GPU (fp32 on a CPU when none is found); tensorrt: cuda plus TensorRT plans "
                          "built on first start (NOT RUN: no TensorRT here)", choices=TARGETS, minimum=None)
@@ -63,8 +70,9 @@ class BuildOptions:
                                  minimum=0)
     preprocess_queue_delay_us: int = option(500, "preprocess dynamic-batching window in microseconds",
                                             templates=("preprocess",), minimum=0)
-    token_budget: int | None = option(None, "padded tokens per encoder forward pass (default 8192 on cpu, "
-                                      "32768 on a GPU)", templates=("encoder_onnx", "encoder_torch"))
+    token_budget: int | None = option(None, "padded tokens per encoder forward pass (default 2048 on cpu, "
+                                      "where a longer text runs alone in its pass; 32768 on a GPU)",
+                                      templates=("encoder_onnx", "encoder_torch"))
     max_padding: float | None = option(None, "padded / real tokens allowed in one forward pass (default 1.10 on cpu, "
                                        "where padding costs in full; 1.25 on a GPU, where small passes cost more)",
                                        templates=("encoder_onnx", "encoder_torch"), minimum=1, kind=float)
@@ -78,7 +86,7 @@ class BuildOptions:
     threads: int = option(2, "CPU threads per encoder instance", templates=("encoder_onnx", "encoder_torch"))
     encoder_instances: int = option(2, "instances per encoder (cpu: 2, so a long request never holds the "
                                     "only one; a GPU runs one)", templates=ENCODERS)
-    preprocess_instances: int | None = option(None, "preprocess instances (default: 2 on cpu, where the "
+    preprocess_instances: int | None = option(None, "preprocess instances (default: 1 on cpu, where the "
                                               "encoders need the cores; 3/4 of the cores, 2 to 16, on a GPU)",
                                               templates=("preprocess",))
     postprocess_instances: int | None = option(None, "postprocess instances (default: 1 on cpu; 1/4 of the "
@@ -97,11 +105,11 @@ class BuildOptions:
         if gpu and instances == BuildOptions.encoder_instances:
             instances = 1
         return replace(self, precision=precision, encoder_instances=instances,
-                       token_budget=self.token_budget or (32768 if gpu else 8192),
+                       token_budget=self.token_budget or (32768 if gpu else CPU_TOKEN_BUDGET),
                        max_padding=self.max_padding or (GPU_MAX_PADDING if gpu else CPU_MAX_PADDING),
                        encoder_max_rows=self.encoder_max_rows or (1024 if gpu else self.max_batch_size),
                        preprocess_instances=self.preprocess_instances or (min(16, max(2, cores * 3 // 4)) if gpu
-                                                                          else 2),
+                                                                          else 1),
                        postprocess_instances=self.postprocess_instances or (min(4, max(1, cores // 4)) if gpu
                                                                             else 1))
 
@@ -117,17 +125,26 @@ class BuildOptions:
                              f"not {self.precision}")
         if self.max_length > model_max_length:
             raise ValueError(f"max_length must be at most the model's {model_max_length}, not {self.max_length}")
-        if self.token_budget < self.max_length:
+        if self.target != "cpu" and self.token_budget < self.max_length:  # a cpu pass of one longer text runs alone
             raise ValueError(f"token_budget ({self.token_budget}) must be at least the max length "
-                             f"({self.max_length}) so that the longest text fits in one pass")
+                             f"({self.max_length}) on a GPU, whose passes are sized by the budget")
         if self.encoder_max_rows < self.max_batch_size:
             raise ValueError(f"encoder_max_rows ({self.encoder_max_rows}) must be at least the texts per request "
                              f"({self.max_batch_size})")
         if self.compile_buckets and any(not part.strip().isdigit() for part in self.compile_buckets.split(",")):
             raise ValueError(f"compile_buckets must be comma-separated lengths, not {self.compile_buckets!r}")
+        task_list(self.tasks)  # names only known tasks
         if self.max_request_tokens < self.max_length:
             raise ValueError(f"max_request_tokens ({self.max_request_tokens}) must be at least the max length "
                              f"({self.max_length}) so that every text fits in a request")
+
+    def served_tasks(self, available: tuple[str, ...]) -> tuple[str, ...]:
+        """The tasks this build writes: --tasks, each one the checkpoint must have."""
+        wanted = task_list(self.tasks) if self.tasks else available
+        missing = [task for task in wanted if task not in available]
+        if missing:
+            raise ValueError(f"the checkpoint has no {missing[0]!r} adapter; it has {', '.join(available)}")
+        return wanted
 
     def template_values(self, template: str) -> dict:
         """The options a template renders, by name."""

@@ -1,13 +1,14 @@
 """Write a servable Triton model repository from a checkpoint.
 
     REPO/preprocess/{config.pbtxt, 1/model.py, 1/tokenizer.json}
-    REPO/encoder_<task>/{config.pbtxt, 1/model.py, 1/<engine files>}
+    REPO/encoder_<task>/{config.pbtxt, 1/model.py, 1/<engine files>}   cpu: backbone*.onnx(.data), adapter.npz
     REPO/postprocess/{config.pbtxt, 1/model.py, 1/calibration.npz}
     REPO/embed_<task>/{config.pbtxt, 1/}
     REPO/manifest.json   which checkpoint, synthetic or not, target, precision, parity, limits
 
 Targets:
-    cpu       encoders run onnxruntime on the merged, pooled graph (run and tested here)
+    cpu       encoders run onnxruntime on one pooled backbone graph shared by every task, each
+              task's LoRA adapter bound as inputs (run and tested here)
     cuda      encoders run the merged encoder in PyTorch, half precision on a GPU, fp32 on
               a CPU; each refuses to load below its parity gate (tested here on the CPU)
     tensorrt  cuda, plus configs/tensorrt.pbtxt for plans built on first start and admitted
@@ -29,12 +30,13 @@ from jina_triton_client.contract import CONTRACT_VERSION, ensemble_name
 from jina_triton_models import templates_dir
 from jina_triton_models.layout import MANIFEST, new_snapshot, publish
 from jina_triton_pipeline.internals import POSTPROCESS_MODEL, PREPROCESS_MODEL, encoder_name
+from jina_triton_pipeline.onnx_engine import ADAPTER_FILE as ONNX_ADAPTER_FILE
 from jina_triton_pipeline.parity import PARITY_FILE
 from jina_triton_pipeline.torch_engine import ADAPTER_FILE, BACKBONE_FILE, CONFIG_FILE
 
 from .calibration import calibrate
-from .checkpoint import ADAPTER_WEIGHTS, WEIGHTS_FILE, Checkpoint, adapter_config, rope_theta
-from .engines import build_engines, cache_entry, ort_session, run_session
+from .checkpoint import ADAPTER_WEIGHTS, WEIGHTS_FILE, Checkpoint, adapter_config, architecture
+from .engines import build_engines, cache_entry, task_graph, torch_pooled
 from .options import BuildOptions
 from .render import render_file
 from .tensorrt import DEFAULT_BUCKETS, PROFILES_FILE, plan_profiles, write_profiles
@@ -74,23 +76,29 @@ def _instance_kind() -> str:
 
 
 # -- the encoders of each target ---------------------------------------------------
-def _onnx_encoders(checkpoint, out, engines, values):
-    for task in checkpoint.tasks:
+def _onnx_encoders(checkpoint, tasks, out, engines, values):
+    """Every task's folder holds the same backbone files, portable and pre-packed for this machine
+    (hard links: one inode, so one copy in the page cache for every stub that maps it), and its
+    own adapter."""
+    shared = engines.files() + engines.prepacked
+    for task in tasks:
         version = _render("encoder_onnx", out, encoder_name(task),
-                          {**values("encoder_onnx"), "vocab_size": checkpoint.config["vocab_size"]})
-        link_or_copy(engines.path(task), version / "model.onnx")
+                          {**values("encoder_onnx"), "vocab_size": checkpoint.config["vocab_size"],
+                           "graph": shared[0].name})
+        for source in shared:
+            link_or_copy(source, version / source.name)
+        shared = [version / source.name for source in shared]  # copied across file systems: copy once
+        link_or_copy(engines.adapter(task), version / ONNX_ADAPTER_FILE)
 
 
 def encoder_config(checkpoint: Checkpoint, task: str) -> dict:
-    config, adapter = checkpoint.config, adapter_config(checkpoint, task)
-    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-            "rms_norm_eps")
-    return {**{key: config[key] for key in keys}, "rope_theta": rope_theta(config),
-            "lora_scaling": adapter["lora_alpha"] / adapter["r"], "task": task}
+    """encoder.json of a task's encoder folder: the backbone's shape and the adapter's scaling."""
+    adapter = adapter_config(checkpoint, task)
+    return {**architecture(checkpoint), "lora_scaling": adapter["lora_alpha"] / adapter["r"], "task": task}
 
 
-def _torch_encoders(checkpoint, out, parity, values):
-    for task in checkpoint.tasks:
+def _torch_encoders(checkpoint, tasks, out, parity, values):
+    for task in tasks:
         version = _render("encoder_torch", out, encoder_name(task),
                           {**values("encoder_torch"), "instance_kind": _instance_kind()})
         link_or_copy(checkpoint.path / WEIGHTS_FILE, version / BACKBONE_FILE)
@@ -99,20 +107,20 @@ def _torch_encoders(checkpoint, out, parity, values):
         parity[task].save(version / PARITY_FILE)
 
 
-def _tensorrt_configs(checkpoint, out, options, engines, values):
+def _tensorrt_configs(tasks, out, options, engines, values):
     """Beside the cuda target's configs: plans' configs, the pooled graphs and the profiles."""
     buckets = tuple(b for b in DEFAULT_BUCKETS if b < options.max_length) + (options.max_length,)
     profiles = plan_profiles(buckets, options.max_batch_size)
     preferred = sorted({b for b in (4, 8, 16, 32, options.max_batch_size) if b <= options.max_batch_size})
     bucketed = {**values("preprocess"), "length_buckets": ",".join(map(str, buckets))}
     _render("preprocess", out, PREPROCESS_MODEL, bucketed, f"configs/{TENSORRT_CONFIG}.pbtxt")
-    for task in checkpoint.tasks:
+    for task in tasks:
         name = encoder_name(task)
         _render("encoder_tensorrt", out, name, {**values("encoder_tensorrt"),
                                                 "preferred_batch_sizes": ", ".join(map(str, preferred)),
                                                 "trt_profiles": ", ".join(f'"{i}"' for i in range(len(profiles)))},
                 f"configs/{TENSORRT_CONFIG}.pbtxt")
-        link_or_copy(engines.path(task, "fp32"), out / name / "1" / "model.onnx")
+        task_graph(engines, task, out / name / "1" / "model.onnx")
         write_profiles(out / name / PROFILES_FILE, profiles)
         _render("ensemble", out, ensemble_name(task), _ensemble_values(task, values, timing=False),
                 f"configs/{TENSORRT_CONFIG}.pbtxt")
@@ -126,22 +134,13 @@ def _ensemble_values(task: str, values, timing: bool = True) -> dict:
             "encoder_timing_input": 'input_map { key: "encode_us" value: "_encode_us" }' if timing else ""}
 
 
-def _calibration_engine(checkpoint, options, engines, out):
-    """pooled(task, ids, mask) with the engines this build serves, for the int8 ranges."""
+def _calibration_engine(checkpoint, engines):
+    """pooled(task, ids, mask) in fp32 for every task of the checkpoint, whichever tasks are served:
+    one calibration per checkpoint, so a server of some tasks quantizes exactly as one of all."""
     if engines is not None:
-        sessions = {task: ort_session(engines.path(task, "fp32")) for task in checkpoint.tasks}
-        return lambda task, ids, mask: run_session(sessions[task], ids, mask)
-    from jina_triton_pipeline.torch_engine import TorchEngine
-
-    loaded: dict = {}
-
-    def pooled(task, ids, mask):
-        import torch
-        if task not in loaded:
-            loaded.clear()  # one merged encoder in memory at a time
-            loaded[task] = TorchEngine(out / encoder_name(task) / "1", "fp32")
-        return loaded[task].embed(torch.from_numpy(ids), torch.from_numpy(mask))
-    return pooled
+        fp32 = {task: engines.engine(task, "fp32") for task in checkpoint.tasks}
+        return lambda task, ids, mask: fp32[task].forward(ids, mask)
+    return torch_pooled(checkpoint)
 
 
 # -- the build -----------------------------------------------------------------------
@@ -165,9 +164,10 @@ def _build(checkpoint, out: Path, options: BuildOptions, cache_dir, progress, re
         found = options.template_values(template)
         return found if template == "ensemble" else {**found, "hidden_size": checkpoint.hidden_size}
 
+    tasks = options.served_tasks(checkpoint.tasks)
     onnx = options.target in ("cpu", "tensorrt")
     engines = build_engines(checkpoint, options.precision if options.target == "cpu" else "fp32", cache_dir,
-                            progress, reference) if onnx else None
+                            progress, reference, tasks, prepack=options.target == "cpu") if onnx else None
     entry = engines.entry if engines else cache_entry(checkpoint, cache_dir)
     parity = {}
     if options.target != "cpu":
@@ -178,21 +178,20 @@ def _build(checkpoint, out: Path, options: BuildOptions, cache_dir, progress, re
                 from .reference import ReferenceEncoder
                 reference_box[0] = ReferenceEncoder(checkpoint)
             return reference_box[0]
-        parity = {task: reference_parity(entry, task, make_reference) for task in checkpoint.tasks}
+        parity = {task: reference_parity(entry, task, make_reference) for task in tasks}
 
     version = _render("preprocess", snapshot, PREPROCESS_MODEL, {**values("preprocess"), "length_buckets": ""})
     shutil.copy2(checkpoint.path / "tokenizer.json", version / "tokenizer.json")
     if options.target == "cpu":
-        _onnx_encoders(checkpoint, snapshot, engines, values)
+        _onnx_encoders(checkpoint, tasks, snapshot, engines, values)
     else:
-        _torch_encoders(checkpoint, snapshot, parity, values)
+        _torch_encoders(checkpoint, tasks, snapshot, parity, values)
     if options.target == "tensorrt":
-        _tensorrt_configs(checkpoint, snapshot, options, engines, values)
-    calibration = calibrate(checkpoint, entry, _calibration_engine(
-        checkpoint, options, engines if options.target == "cpu" else None, snapshot), report)
+        _tensorrt_configs(tasks, snapshot, options, engines, values)
+    calibration = calibrate(checkpoint, entry, _calibration_engine(checkpoint, engines), report)
     version = _render("postprocess", snapshot, POSTPROCESS_MODEL, values("postprocess"))
     shutil.copy2(calibration, version / "calibration.npz")
-    for task in checkpoint.tasks:
+    for task in tasks:
         _render("ensemble", snapshot, ensemble_name(task), _ensemble_values(task, values))
 
     manifest = {
@@ -204,9 +203,9 @@ def _build(checkpoint, out: Path, options: BuildOptions, cache_dir, progress, re
         "tensorrt_run": False if options.target == "tensorrt" else None,  # no TensorRT on this project's machines
         "precision": options.precision,
         "hidden_size": checkpoint.hidden_size,
-        "tasks": list(checkpoint.tasks),
+        "tasks": list(tasks),
         "options": options.as_dict(),
-        "engines": {task: (engines.report.get(task, {}) if engines else {}) for task in checkpoint.tasks},
+        "engines": {task: (engines.task_report(task) if engines else {}) for task in tasks},
     }
     (snapshot / MANIFEST).write_text(json.dumps(manifest, indent=2))
     publish(snapshot, out)

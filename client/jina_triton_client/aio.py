@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 
 from .connection import Connection
-from .errors import EmbeddingError, message_of, status_of
-from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, MAX_DIMENSIONS
+from .errors import EmbeddingError, Failure, message_of, status_of
+from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, MAX_DIMENSIONS, TASKS, ensemble_name
 from .embed_call import Request
 from .planning import Embedded
 
@@ -60,7 +60,20 @@ class AsyncEmbeddingClient(Connection):
             try:
                 return self.answer(await client.infer(**arguments), request, timings, started)
             except InferenceServerException as exc:
-                await asyncio.sleep(attempts.failed(exc))
+                try:
+                    pause = attempts.failed(exc)
+                except EmbeddingError as error:
+                    if error.failure is Failure.NOT_FOUND:
+                        raise self.not_served(error, request.task, await self._served(client)) from None
+                    raise
+                await asyncio.sleep(pause)
+
+    async def _served(self, client) -> list[str]:
+        try:
+            return [task for task in TASKS
+                    if await client.is_model_ready(ensemble_name(task), headers=self.headers or None)]
+        except Exception:  # noqa: BLE001 - the server went away meanwhile: nothing to name
+            return []
 
     async def ready(self) -> bool:
         for index in range(len(self.endpoints.items)):

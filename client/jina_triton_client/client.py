@@ -6,8 +6,9 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from .connection import Connection
-from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, MAX_DIMENSIONS
+from .contract import DEFAULT_INPUT_TYPE, DEFAULT_TASK, DEFAULT_TRUNCATE, MAX_DIMENSIONS, TASKS, ensemble_name
 from .embed_call import Request
+from .errors import EmbeddingError, Failure
 from .planning import Embedded
 
 
@@ -72,7 +73,19 @@ class EmbeddingClient(Connection):
             try:
                 return self.answer(client.infer(**arguments), request, timings, started)
             except InferenceServerException as exc:
-                time.sleep(attempts.failed(exc))
+                try:
+                    pause = attempts.failed(exc)
+                except EmbeddingError as error:
+                    if error.failure is Failure.NOT_FOUND:
+                        raise self.not_served(error, request.task, self._served(client)) from None
+                    raise
+                time.sleep(pause)
+
+    def _served(self, client) -> list[str]:
+        try:
+            return [task for task in TASKS if client.is_model_ready(ensemble_name(task), headers=self.headers or None)]
+        except Exception:  # noqa: BLE001 - the server went away meanwhile: nothing to name
+            return []
 
     def ready(self) -> bool:
         """True when at least one endpoint is live and ready."""

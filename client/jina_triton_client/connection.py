@@ -8,6 +8,7 @@ import numpy as np
 from dataclasses import dataclass
 
 from .contract import TEXT, TIMINGS, TOKEN_COUNT
+from .errors import EmbeddingError
 from .embed_call import Request, check_request
 from .planning import Assembler, Limits, plan_batches
 from .retry import Attempts, RetryPolicy, RoundRobin, endpoint_list
@@ -72,6 +73,13 @@ class Connection:
         index = attempts.endpoint()
         arguments = self.call_arguments(self._grpc, texts, request, attempts.remaining(), timings, headers)
         return self._client(index), arguments, time.perf_counter()
+
+    @staticmethod
+    def not_served(error: EmbeddingError, task: str, served: list[str]) -> EmbeddingError:
+        """Triton's NOT_FOUND for a task's ensemble, said as what it means, with what is served."""
+        return EmbeddingError("NOT_FOUND", f"task {task!r} is not served by this server; it serves "
+                                           f"{', '.join(served) or 'no task right now'} ({error.cause})",
+                              error.endpoint)
 
     def answer(self, result, request: Request, timings: bool, started: float) -> tuple:
         """An answered request's rows, token counts, timings and round trip (ms)."""

@@ -24,6 +24,15 @@ TRUNCATE_MODES = (TRUNCATE_END, TRUNCATE_START, TRUNCATE_NONE)
 DEFAULT_TRUNCATE = TRUNCATE_END
 
 
+def task_list(text: str | None) -> tuple[str, ...]:
+    """`--tasks retrieval,clustering`: the tasks a server builds and serves, in TASKS order; empty: all."""
+    names = [part.strip() for part in (text or "").split(",") if part.strip()]
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r} in --tasks; the tasks are {', '.join(TASKS)}")
+    return tuple(task for task in TASKS if task in names) or TASKS
+
+
 def ensemble_name(task: str) -> str:
     """The Triton model a client calls for a task: one ensemble per adapter."""
     return "embed_" + task.replace("-", "_")

@@ -27,11 +27,28 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
+class LoraLinear(nn.Linear):
+    """A bias-free Linear that adds a low-rank update when an adapter is set: y = xW^T + (xA^T)B^T,
+    B already scaled by alpha/r. Unmerged, one backbone serves every task (the `cpu` target's ONNX
+    graph takes A and B as inputs); merged into W (lora.merge_lora) when one task is all there is."""
+
+    def __init__(self, fan_in: int, fan_out: int):
+        super().__init__(fan_in, fan_out, bias=False)
+        self.adapter: tuple | None = None
+
+    def forward(self, x):
+        y = F.linear(x, self.weight)
+        if self.adapter is not None:
+            a, b = self.adapter
+            y = y + F.linear(F.linear(x, a), b)
+        return y
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads, self.head_dim = heads, width // heads
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(width, width, bias=False) for _ in range(4))
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (LoraLinear(width, width) for _ in range(4))
 
     def forward(self, x, cos, sin, key_mask):
         batch, length, width = x.shape
@@ -48,9 +65,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, width: int, inner: int):
         super().__init__()
-        self.gate_proj = nn.Linear(width, inner, bias=False)
-        self.up_proj = nn.Linear(width, inner, bias=False)
-        self.down_proj = nn.Linear(inner, width, bias=False)
+        self.gate_proj = LoraLinear(width, inner)
+        self.up_proj = LoraLinear(width, inner)
+        self.down_proj = LoraLinear(inner, width)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -96,6 +113,15 @@ class EuroBert(nn.Module):
         self.to(device, dtype)
         self.inv_freq = inv_freq.to(device)
         return self
+
+    def lora_modules(self) -> list[tuple[str, LoraLinear]]:
+        """Every module a LoRA adapter targets, named as the checkpoint names it, in one fixed order."""
+        return [(name, module) for name, module in self.named_modules() if isinstance(module, LoraLinear)]
+
+    def use_adapter(self, pairs: dict | None) -> None:
+        """module name -> (A [r, in], B [out, r] scaled): each module's low-rank update; None: none."""
+        for name, module in self.lora_modules():
+            module.adapter = None if pairs is None else pairs[name]
 
     def forward(self, input_ids, attention_mask):
         h = self.embed_tokens(input_ids)

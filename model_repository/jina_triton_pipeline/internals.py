@@ -14,6 +14,14 @@ def encoder_name(task: str) -> str:
     return "encoder_" + task.replace("-", "_")
 
 
+def task_models(tasks) -> list[str]:
+    """The Triton models that serve `tasks`: each one's ensemble and encoder, and the shared steps."""
+    from jina_triton_client.contract import ensemble_name
+
+    return [PREPROCESS_MODEL, POSTPROCESS_MODEL, *(name for task in tasks
+                                                   for name in (encoder_name(task), ensemble_name(task)))]
+
+
 # -- tensors between the steps of an ensemble ------------------------------------
 INPUT_IDS = "input_ids"            # INT64 [n, T], right-padded
 ATTENTION_MASK = "attention_mask"  # INT64 [n, T]

@@ -1,7 +1,18 @@
-"""The `cpu` target's engine: a task's merged encoder as an ONNX graph that pools in the graph,
-on onnxruntime's CPU provider, and the one place sessions are set up (build, bench, serving)."""
+"""The `cpu` target's engine: the backbone's ONNX graph (pooling inside it) on onnxruntime's CPU
+provider, with one task's LoRA adapter bound as its inputs; and the one place sessions are set up
+(build, bench, serving).
+
+Weights once in memory for every encoder stub: onnxruntime pre-packs a MatMul's weights into its
+kernels' layout at load (without it a short query costs 2x: every call would re-pack them), and
+pre-packed weights are private to a process. So the build saves the graph *with* its pre-packed
+weights in the external data file (`prepacked.onnx`, for this CPU's kernels and this onnxruntime);
+a session of it maps them in place from the file, and every stub shares one copy through the page
+cache. The layout depends on the CPU's instruction set: on another machine the stamp does not
+match and the encoder loads the portable graph instead (correct, each stub its own weights).
+"""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,30 +21,123 @@ import numpy as np
 from .internals import ATTENTION_MASK, INPUT_IDS, POOLED_STATE
 from .packing import NumpyPasses
 
+ADAPTER_FILE = "adapter.npz"   # a task's adapter as the backbone takes it: A and B (scaled) by input name
+PREPACKED_GRAPH = "prepacked.onnx"
+PREPACKED_STAMP = "prepacked.json"  # the machine the pre-packed weights were laid out for
+# instruction sets onnxruntime's CPU kernels choose their weight layout by
+ISA_FLAGS = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl",
+             "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
-def ort_session(path: Path, threads: int | None = None):
-    """An onnxruntime session on the CPU: `threads` intra-op threads (default: up to 2), one inter-op."""
+
+def machine_key() -> dict:
+    """What pre-packed weights depend on: onnxruntime's version and the CPU's instruction sets."""
+    import onnxruntime as ort
+
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"onnxruntime": ort.__version__, "isa": [flag for flag in ISA_FLAGS if flag in flags]}
+
+
+def serving_graph(folder: Path, portable: str) -> tuple[Path, str]:
+    """The graph an encoder loads from its folder, and why: the pre-packed one where it was laid
+    out for this machine, else the portable one."""
+    stamp = folder / PREPACKED_STAMP
+    if not stamp.is_file() or not (folder / PREPACKED_GRAPH).is_file():
+        return folder / portable, "no pre-packed weights in the repository: each encoder packs its own copy"
+    built_for = json.loads(stamp.read_text())
+    if built_for != machine_key():
+        return folder / portable, (f"pre-packed weights were laid out for {built_for}, this machine is "
+                                   f"{machine_key()}: each encoder packs its own copy (rebuild the "
+                                   f"repository on this machine kind to share one)")
+    return folder / PREPACKED_GRAPH, "pre-packed weights mapped from the file, shared by every encoder"
+
+
+def session_options(threads: int | None = None):
+    """`threads` intra-op threads (default: up to 2), one inter-op, no spinning after a run (an idle
+    session must not take the cores from a busy one)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 2)
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
-def run_session(session, input_ids, attention_mask) -> np.ndarray:
-    return session.run([POOLED_STATE], {INPUT_IDS: np.asarray(input_ids, np.int64),
-                                        ATTENTION_MASK: np.asarray(attention_mask, np.int64)})[0]
+def ort_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def save_prepacked(source: Path, folder: Path, threads: int | None = None) -> Path:
+    """prepacked.onnx (+ .data) in `folder`: `source` optimized for this machine, its weights
+    pre-packed into the external data file."""
+    import onnxruntime as ort
+
+    options = session_options(threads)
+    target = folder / PREPACKED_GRAPH
+    options.optimized_model_filepath = str(target)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     PREPACKED_GRAPH + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+    options.log_severity_level = 3  # it warns that the result is hardware-specific: that is the point
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    (folder / PREPACKED_STAMP).write_text(json.dumps(machine_key()))
+    return target
+
+
+def run_session(session, input_ids, attention_mask, extra: dict | None = None) -> np.ndarray:
+    feed = {INPUT_IDS: np.asarray(input_ids, np.int64), ATTENTION_MASK: np.asarray(attention_mask, np.int64)}
+    return session.run([POOLED_STATE], {**feed, **(extra or {})})[0]
+
+
+def load_adapter(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {name: np.ascontiguousarray(data[name], np.float32) for name in data.files}
 
 
 class OnnxEngine:
-    """A task's merged encoder as an ONNX graph that pools in the graph, on onnxruntime (CPU)."""
+    """The backbone with one task's adapter: (input_ids, attention_mask) -> pooled_state."""
 
     passes = NumpyPasses
 
-    def __init__(self, path: Path, threads: int, vocab_size: int):
-        self.session = ort_session(path, threads)
-        self.vocab_size = vocab_size
+    def __init__(self, session, vocab_size: int, adapter: Path | None = None):
+        """`session`: an ort_session of the graph (several engines may share one); `adapter`: the
+        task's adapter.npz (None for a graph with the adapter folded in)."""
+        import onnxruntime as ort
 
-    def forward(self, input_ids, attention_mask):
-        return run_session(self.session, input_ids, attention_mask)
+        self.session = session
+        self.vocab_size = vocab_size
+        wanted = {value.name for value in self.session.get_inputs()} - {INPUT_IDS, ATTENTION_MASK}
+        self.adapter_inputs = load_adapter(adapter) if wanted else {}
+        if set(self.adapter_inputs) != wanted:
+            raise ValueError(f"{adapter} does not fit the graph: {len(wanted ^ set(self.adapter_inputs))} "
+                             f"inputs differ")
+        self.binding = self.session.io_binding()
+        # every run hands its activations back: else the arena keeps the largest pass's (GBs for one 8K
+        # text) for good, in every stub (measured: no cost in tokens/s, 350 MB less after the bench's load)
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._bound = [ort.OrtValue.ortvalue_from_numpy(array) for array in self.adapter_inputs.values()]
+        for name, value in zip(self.adapter_inputs, self._bound):
+            self.binding.bind_ortvalue_input(name, value)   # bound once: a run passes only the tokens
+
+    def forward(self, input_ids, attention_mask) -> np.ndarray:
+        # bind_cpu_input binds the array's memory without a reference: keep both alive until the run ends
+        ids = np.ascontiguousarray(input_ids, np.int64)
+        mask = np.ascontiguousarray(attention_mask, np.int64)
+        self.binding.bind_cpu_input(INPUT_IDS, ids)
+        self.binding.bind_cpu_input(ATTENTION_MASK, mask)
+        self.binding.bind_output(POOLED_STATE)
+        self.session.run_with_iobinding(self.binding, self._shrink)
+        pooled = self.binding.copy_outputs_to_cpu()[0]
+        del ids, mask
+        return pooled

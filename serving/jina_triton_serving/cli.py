@@ -1,4 +1,4 @@
-"""`jina-triton`: synth, build, serve, up, gateway, embed, bench, gpu-check."""
+"""`jina-triton`: synth, build, serve, up, gateway, embed, bench, sweep, gpu-check."""
 from __future__ import annotations
 
 import argparse
@@ -80,7 +80,7 @@ def cmd_up(args) -> int:
     target = args.target if args.target != "auto" else ("cuda" if _cuda() else "cpu")
     log.info("target %s%s", target, " (a CUDA GPU is visible)" if target == "cuda" else "")
     repository = workdir / f"repository-{target}"
-    build_repository(checkpoint, repository, BuildOptions(target=target, precision=args.precision),
+    build_repository(checkpoint, repository, BuildOptions(target=target, precision=args.precision, tasks=args.tasks),
                      progress=_step)
     settings = serve_settings(args)
     if target == "tensorrt":  # plans for this GPU, each past its parity gate, or the PyTorch encoders
@@ -121,8 +121,20 @@ def cmd_bench(args) -> int:
         checkpoint = synthetic_checkpoint(out / f"checkpoint-synthetic-{args.preset}", args.preset, progress=_step)
     report = run_bench(checkpoint, out, tuple(args.precisions.split(",")), args.profile, args.texts,
                        args.concurrency, args.task, Path(args.cache_dir) if args.cache_dir else None,
-                       progress=_step, repeats=args.repeats, gateway=not args.no_gateway)
+                       progress=_step, repeats=args.repeats, gateway=not args.no_gateway, cold=not args.cache_dir)
     print(markdown(report))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from jina_triton_build.synth import synthetic_checkpoint
+
+    from jina_triton_tools.sweep import run_sweep, sweep_markdown
+
+    out = Path(args.out)
+    checkpoint = synthetic_checkpoint(out / f"checkpoint-synthetic-{args.preset}", args.preset, progress=_step)
+    print(sweep_markdown(run_sweep(checkpoint, out, Path(args.cache_dir) if args.cache_dir else None, args.texts,
+                                   args.concurrency, progress=_step)))
     return 0
 
 
@@ -194,11 +206,19 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=2, help="runs of each measurement, to show they repeat")
     bench.add_argument("--task", default="retrieval")
     bench.add_argument("--no-gateway", action="store_true", help="skip the gateway path")
-    bench.add_argument("--cache-dir")
+    bench.add_argument("--cache-dir", help="reuse this engine cache (default: a fresh one, so that the run "
+                       "measures the cold start)")
     bench.set_defaults(run=cmd_bench)
 
     from jina_triton_tools.gpu_check import add_arguments as gpu_check_arguments
 
+    sweep = commands.add_parser("sweep", help="the cpu serving defaults by measurement (make bench-sweep)")
+    sweep.add_argument("--preset", choices=("tiny", "full"), default="full")
+    sweep.add_argument("--out", default="artifacts/sweep")
+    sweep.add_argument("--texts", type=int, default=128)
+    sweep.add_argument("--concurrency", type=int, default=8)
+    sweep.add_argument("--cache-dir")
+    sweep.set_defaults(run=cmd_sweep)
     check = commands.add_parser("gpu-check", help="the GPU check: cuda target, parity, throughput sweep")
     gpu_check_arguments(check)
     check.set_defaults(run=cmd_gpu_check)

@@ -19,7 +19,9 @@ import time
 from collections import deque
 from pathlib import Path
 
+from jina_triton_client.contract import ensemble_name, task_list
 from jina_triton_models.layout import read_manifest
+from jina_triton_pipeline.internals import task_models
 
 from .gateway.process import gateway_command
 from .settings import ADMIN_KEY_ENV, API_KEY_ENV, LOCK_KEY_ENV, STATUS_FILE_ENV, ServeOptions
@@ -79,19 +81,20 @@ def banner(message: str) -> None:
     log.warning("\n%s\n%s\n%s", "!" * 78, message, "!" * 78)
 
 
-def example_request(http_url: str) -> str:
-    return (f"curl -s http://{http_url}/v2/models/embed_retrieval/infer -H 'Content-Type: application/json' "
+def example_request(http_url: str, task: str = "retrieval") -> str:
+    return (f"curl -s http://{http_url}/v2/models/{ensemble_name(task)}/infer -H 'Content-Type: application/json' "
             "-d '{\"inputs\":[{\"name\":\"text\",\"shape\":[1,1],\"datatype\":\"BYTES\","
             "\"data\":[\"how do I reset my router?\"]}],\"parameters\":{\"input_type\":\"query\","
             "\"dimensions\":256},\"outputs\":[{\"name\":\"embeddings\"}]}'")
 
 
-def start_gateway(options: ServeOptions, server: TritonServer, status: Path, limits: dict) -> subprocess.Popen:
-    """The gateway in its own process: it holds the keys (from the environment or files, never argv)
-    and cuts requests to the repository's limits."""
+def start_gateway(options: ServeOptions, server: TritonServer, status: Path, limits: dict,
+                  tasks: tuple[str, ...]) -> subprocess.Popen:
+    """The gateway in its own process: it holds the keys (from the environment or files, never argv),
+    cuts requests to the repository's limits and knows the tasks served."""
     command = gateway_command(server.grpc_url, "--triton-metrics", server.metrics_url, *options.gateway_arguments(),
                               "--max-request-tokens", str(limits["max_request_tokens"]),
-                              "--max-length", str(limits["max_length"]))
+                              "--max-length", str(limits["max_length"]), "--tasks", ",".join(tasks))
     env = {**os.environ, STATUS_FILE_ENV: str(status), LOCK_KEY_ENV: server.security.lock_key}
     return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
 
@@ -104,14 +107,30 @@ def effective_limits(manifest: dict, lowered: dict) -> dict:
             if name in built}
 
 
+def served_tasks(manifest: dict, asked: str) -> tuple[str, ...]:
+    """--tasks against what the repository holds: a task it was not built with is an error."""
+    built = tuple(manifest["tasks"])
+    try:
+        wanted = task_list(asked) if asked else built
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+    missing = [task for task in wanted if task not in built]
+    if missing:
+        raise ServeError(f"the repository holds no {missing[0]!r} task (it was built with --tasks "
+                         f"{','.join(built)}): build it again with that task, or serve {', '.join(built)}")
+    return wanted
+
+
 def serve(repository: Path, settings: ServeOptions) -> int:
     manifest = read_manifest(repository)
+    tasks = served_tasks(manifest, settings.tasks)
     if settings.gateway:
         check_gateway(settings)
     if manifest["checkpoint"]["synthetic"]:
         banner(f"SERVING A {manifest['checkpoint']['label']}")
     with tempfile.TemporaryDirectory(prefix="jina-triton-") as runtime:
-        server = TritonServer.from_options(repository, settings)
+        server = TritonServer.from_options(repository, settings,
+                                           None if tasks == tuple(manifest["tasks"]) else task_models(tasks))
         status = Status(Path(runtime) / "status.json")
         gateway = None
 
@@ -139,11 +158,12 @@ def serve(repository: Path, settings: ServeOptions) -> int:
             status.update(triton="up", down=sorted(failed))
             StubSupervisor(server, on_change=lambda down: status.update(down=sorted(set(down) | set(failed)))).start()
             if settings.gateway and gateway is None:
-                gateway = start_gateway(settings, server, status.path, effective_limits(manifest, settings.limits))
+                gateway = start_gateway(settings, server, status.path, effective_limits(manifest, settings.limits),
+                                        tasks)
                 log.info("gateway: http%s://%s:%d/v1/embeddings", "s" if settings.gateway_tls_cert else "",
                          settings.gateway_host, settings.gateway_port)
             log.info("ready: gRPC %s, HTTP http://%s, metrics %s", server.grpc_url, server.http_url, server.metrics_url)
-            log.info("try: %s", example_request(server.http_url))
+            log.info("try: %s", example_request(server.http_url, tasks[0]))
             code = server.wait()
             if server.stop_requested:
                 break

@@ -37,6 +37,8 @@ class ServeOptions:
     tls_cert: str | None = setting(None, "gRPC TLS: server certificate (PEM)")
     tls_key: str | None = setting(None, "gRPC TLS: server private key (PEM)")
     tls_client_ca: str | None = setting(None, "gRPC mutual TLS: the CA client certificates must chain to")
+    tasks: str = setting("", "the tasks to serve, comma-separated (default: every task the repository holds); "
+                             "Triton loads only their models, the gateway lists only them")
     ready_timeout: float = setting(900.0, "seconds Triton may take to load the models", kind=float)
     max_restarts: int = setting(3, "tritonserver restarts per minute before serve gives up")
     trace_endpoint: str | None = setting(None, "OTLP/HTTP endpoint for Triton's traces (requests with a "

@@ -262,6 +262,7 @@ class TritonServer:
     process: subprocess.Popen | None = None
     stop_requested: bool = False
     failed: dict = field(default_factory=dict)   # models that failed to load at the last start
+    models: list | None = None         # the models to load (default: every model of the repository)
     _held: contextlib.ExitStack | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -269,8 +270,9 @@ class TritonServer:
         self.security.check_exposure(self.host, self.http_host)
 
     @classmethod
-    def from_options(cls, repository: Path, options) -> "TritonServer":
-        """Triton as `serve` runs it (a settings.ServeOptions): its limits lowered through the environment."""
+    def from_options(cls, repository: Path, options, models: list | None = None) -> "TritonServer":
+        """Triton as `serve` runs it (a settings.ServeOptions): its limits lowered through the environment,
+        `models` loaded (default all)."""
         from jina_triton_pipeline.internals import limit_env
 
         security = Security(tls_cert=options.tls_cert, tls_key=options.tls_key, tls_client_ca=options.tls_client_ca,
@@ -278,7 +280,7 @@ class TritonServer:
         return cls(repository, host=options.host, http_host=options.http_host, http_port=options.http_port,
                    grpc_port=options.grpc_port, metrics_port=options.metrics_port, metrics_host=options.metrics_host,
                    security=security, log_file=options.log_file, trace_endpoint=options.trace_endpoint,
-                   extra_args=list(options.triton_args),
+                   extra_args=list(options.triton_args), models=models,
                    env={limit_env(name): str(value) for name, value in options.limits.items() if value})
 
     @classmethod
@@ -314,7 +316,7 @@ class TritonServer:
                    f"--metrics-address={self.metrics_host or self.host}", f"--metrics-port={self.metrics_port}",
                    "--allow-metrics=true", "--allow-gpu-metrics=false", "--metrics-config=summary_latencies=true",
                    f"--grpc-header-forward-pattern={forwarded}", f"--http-header-forward-pattern={forwarded}",
-                   "--model-control-mode=explicit", "--load-model=*",
+                   "--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models or ["*"]),
                    # a model that fails to load (an encoder below its parity gate) stays down, the rest serve
                    "--exit-on-error=false", "--strict-readiness=true", "--log-verbose=0"]
         if self.trace_endpoint:

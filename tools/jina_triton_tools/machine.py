@@ -95,3 +95,31 @@ def versions() -> dict:
             pass
     found["triton"] = "2.51.0 (nvidia-pytriton 0.7.0)"
     return found
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of one process (shared pages split among their users), from /proc."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def server_memory(root: int) -> dict:
+    """PSS of a server and every process under it (Triton and its Python-backend stubs), in MB:
+    the sum is what the whole server costs the machine, each page counted once."""
+    from jina_triton_serving.triton_process import descendants
+
+    per_process = {}
+    for pid in [root, *descendants(root)]:
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            label = name[0].rsplit(b"/", 1)[-1].decode(errors="replace")
+            if label == "triton_python_backend_stub" and len(name) > 1:
+                label = name[1].decode(errors="replace").split("/")[-3]  # .../<model>/<version>/model.py
+            per_process.setdefault(label, 0)
+            per_process[label] += pss_bytes(pid)
+        except (OSError, IndexError):
+            continue
+    return {"total_mb": round(sum(per_process.values()) / 2**20),
+            "by_process_mb": {k: round(v / 2**20) for k, v in sorted(per_process.items())}}

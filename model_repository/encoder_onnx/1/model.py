@@ -1,19 +1,24 @@
-"""encoder_<task>, `cpu` target: onnxruntime on the task's merged graph (pooled in the graph)."""
+"""encoder_<task>, `cpu` target: onnxruntime on the backbone graph (pooled in the graph) shared by
+every task, its weights pre-packed for this machine where the build laid them out here, this
+task's adapter bound as its inputs."""
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from jina_triton_pipeline.encoder_step import EncoderStep, NumpyTensors
 from jina_triton_pipeline.limits import ModelLimits
-from jina_triton_pipeline.onnx_engine import OnnxEngine
+from jina_triton_pipeline.onnx_engine import ADAPTER_FILE, OnnxEngine, ort_session, serving_graph
 from jina_triton_pipeline.triton_requests import model_parameters
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
-        engine = OnnxEngine(Path(args["model_repository"]) / args["model_version"] / "model.onnx",
-                            int(params["threads"]), int(params["vocab_size"]))
+        version = Path(args["model_repository"]) / args["model_version"]
+        graph, why = serving_graph(version, params["graph"])
+        pb_utils.Logger.log_info(f"{args['model_name']}: {graph.name}: {why}")
+        engine = OnnxEngine(ort_session(graph, int(params["threads"])), int(params["vocab_size"]),
+                            version / ADAPTER_FILE)
         self.step = EncoderStep(pb_utils, engine, NumpyTensors(pb_utils), int(params["token_budget"]),
                                 ModelLimits.load(params).max_length, args["model_name"],
                                 args.get("model_instance_name", ""), float(params["max_padding"]))

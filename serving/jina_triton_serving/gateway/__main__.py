@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from jina_triton_client import Limits
+from jina_triton_client.contract import task_list
 
 from ..settings import ADMIN_KEY_ENV, API_KEY_ENV, LOCK_KEY_ENV, STATUS_FILE_ENV
 
@@ -47,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=Limits().max_length, help="the server's tokens per text")
     parser.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
                         help="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces (default: none)")
+    parser.add_argument("--tasks", default="", help="the tasks Triton serves, comma-separated (default: all); "
+                        "/v1/models lists these and a request for another is a 404")
     parser.add_argument("--status-file", default=os.environ.get(STATUS_FILE_ENV),
                         help="the status `jina-triton serve` writes (Triton up, models down)")
 
@@ -87,7 +90,7 @@ def config_from(args):
                   max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                   max_concurrency=args.max_concurrency, timeout=args.timeout, body_timeout=args.body_timeout,
                   status_file=Path(args.status_file) if args.status_file else None,
-                  otlp_endpoint=args.otlp_endpoint,
+                  otlp_endpoint=args.otlp_endpoint, tasks=task_list(args.tasks),
                   limits=Limits(max_tokens=args.max_request_tokens, max_length=args.max_length))
 
 
@@ -102,7 +105,7 @@ def run(args) -> int:
         return 2
     try:
         config = config_from(args)
-    except (GatewayConfigError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # GatewayConfigError, an unknown task
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning",

@@ -220,7 +220,8 @@ def _truncate(value) -> str:
     raise invalid("truncate", f"must be true, false or one of {', '.join(TRUNCATE_MODES)}")
 
 
-def parse(body, max_inputs: int) -> EmbedCall:
+def parse(body, max_inputs: int, served: tuple[str, ...] = TASKS) -> EmbedCall:
+    """A checked request; `served`: the tasks (adapters) this server runs, a request for another is a 404."""
     if not isinstance(body, dict):
         raise invalid("body", "must be a JSON object")
     unknown = sorted(set(body) - FIELDS)
@@ -251,6 +252,10 @@ def parse(body, max_inputs: int) -> EmbedCall:
     if user is not None and not isinstance(user, str):
         raise invalid("user", "must be a string")
     adapter, input_type = JINA_TASKS[task]
+    if adapter not in served:
+        raise ApiError(404, f"task: {task!r} is not served here; this server serves {', '.join(served)} "
+                            f"(GET /v1/models lists the models)", "task" if "task" in body else "model",
+                       "not_found_error")
     return EmbedCall(texts, model, task, adapter, input_type, dimensions, embedding_type, normalized,
                      _truncate(body.get("truncate")), user)
 
@@ -270,6 +275,8 @@ def answer(call: EmbedCall, vectors: np.ndarray, token_counts: np.ndarray) -> di
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-def models_list(created: int) -> dict:
+def models_list(created: int, served: tuple[str, ...] = TASKS) -> dict:
+    """The models whose task is served (the bare name's is its default task, retrieval.passage)."""
     return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "jinaai",
-                                        "task": task or DEFAULT_TASK} for name, task in MODELS.items()]}
+                                        "task": task or DEFAULT_TASK} for name, task in MODELS.items()
+                                       if JINA_TASKS[task or DEFAULT_TASK][0] in served]}

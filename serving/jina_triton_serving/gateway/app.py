@@ -53,6 +53,7 @@ class Config:
     retry_after: int = 1
     timeout: float = 120.0
     status_file: Path | None = None           # written by `jina-triton serve`: Triton up, models down
+    tasks: tuple = TASKS                      # the tasks Triton serves: /v1/models lists these, others get 404
     otlp_endpoint: str | None = None
     limits: Limits = field(default_factory=Limits)
 
@@ -148,7 +149,7 @@ class Gateway:
                 raise api.unauthorized("API key")
             with self._slot():
                 call = api.parse(api.load_json(await self._body(request), self.config.max_inputs),
-                                 self.config.max_inputs)
+                                 self.config.max_inputs, self.config.tasks)
                 task = call.task
                 result = await self._until_disconnected(request, self._embed(call, request_id, dict(request.headers)))
                 if result is None:  # the caller left: nothing to answer, Triton's work was cancelled
@@ -229,7 +230,7 @@ class Gateway:
     async def models(self, request: Request) -> Response:
         if not self._authorized(request, self.config.api_keys):
             return _error(api.unauthorized("API key"), "-")
-        return Response(dumps(api.models_list(self.started)), media_type="application/json")
+        return Response(dumps(api.models_list(self.started, self.config.tasks)), media_type="application/json")
 
     async def health(self, request: Request) -> Response:
         return Response(dumps({"status": "ok"}), media_type="application/json")
@@ -255,7 +256,7 @@ class Gateway:
         try:
             if not await self.client.ready():
                 problems.append("tritonserver is not ready")
-            for task in TASKS:
+            for task in self.config.tasks:
                 if not await self.client.model_ready(ensemble_name(task)):
                     problems.append(f"{ensemble_name(task)} is not ready")
         except Exception:  # noqa: BLE001 - unreachable: not ready
