@@ -12,16 +12,17 @@ from typing import Callable
 import numpy as np
 
 from jina_triton_client.contract import INPUT_TYPES, TRUNCATE_END
+from jina_triton_pipeline.packing import run_packed
 from jina_triton_pipeline.quantization import Calibration
 from jina_triton_pipeline.tokenization import TextTokenizer
 
 from .cache import CacheEntry
 from .checkpoint import Checkpoint
 from .corpus import corpus_sentences
+from .options import CPU_TOKEN_BUDGET
 
 CALIBRATION_FILE = "calibration-v1.npz"
 SAMPLE_EVERY = 4        # every 4th corpus sentence: ~100 texts, all languages
-CHUNK = 16
 MAX_LENGTH = 512
 
 
@@ -31,13 +32,15 @@ Pooled = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
 def calibration_pooled(checkpoint: Checkpoint, pooled: Pooled) -> np.ndarray:
     """pooled(task, input_ids, attention_mask) -> [n, H] over the corpus sample, every task and input type."""
     tokenizer = TextTokenizer(checkpoint.path / "tokenizer.json", MAX_LENGTH)
-    texts = sorted(corpus_sentences()[::SAMPLE_EVERY], key=len)
+    texts = corpus_sentences()[::SAMPLE_EVERY]
+    batches = [tokenizer(texts, input_type, TRUNCATE_END) for input_type in INPUT_TYPES]
     found = []
     for task in checkpoint.tasks:
-        for input_type in INPUT_TYPES:
-            for start in range(0, len(texts), CHUNK):
-                batch = tokenizer(texts[start:start + CHUNK], input_type, TRUNCATE_END)
-                found.append(np.asarray(pooled(task, batch.input_ids, batch.attention_mask), np.float32))
+        def forward(ids, mask, task=task):
+            return np.asarray(pooled(task, ids, mask), np.float32)
+        # packed as the encoders pack (length-sorted, padding bounded): the ranges need every
+        # row's state, not the padding of a fixed chunk
+        found += run_packed([(b.input_ids, b.attention_mask) for b in batches], CPU_TOKEN_BUDGET, forward).pooled
     return np.concatenate(found)
 
 

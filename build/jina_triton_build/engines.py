@@ -28,10 +28,12 @@ import numpy as np
 from jina_triton_pipeline.internals import ATTENTION_MASK, INPUT_IDS, POOLED_STATE
 from jina_triton_pipeline.lora import adapter_pairs, input_names
 from jina_triton_pipeline.onnx_engine import OnnxEngine, ort_session, run_session  # noqa: F401 - the build's API too
+from jina_triton_pipeline.packing import run_packed
 from jina_triton_pipeline.parity import ParityError
 from jina_triton_pipeline.pooling import last_token_torch, min_cosine
 
 from .cache import CacheEntry, default_cache_dir
+from .options import CPU_TOKEN_BUDGET
 from .checkpoint import Checkpoint, adapter_config, architecture, load_backbone_state, load_lora
 from .prepacked import ensure_prepacked
 from .verification import reference_parity
@@ -329,10 +331,14 @@ def _quantized(engines: EngineSet, checks: dict, report_step) -> None:
 def _int8_cosines(engines: EngineSet, graph: Path, checks: dict) -> dict:
     found = {}
     for task, check in checks.items():
-        int8 = engines.engine(task, graph=graph).forward(check.input_ids, check.attention_mask)
-        fp32 = engines.engine(task, "fp32").forward(check.input_ids, check.attention_mask)
-        found[task] = min_cosine(int8, fp32)
+        found[task] = min_cosine(packed_pooled(engines.engine(task, graph=graph), check),
+                                 packed_pooled(engines.engine(task, "fp32"), check))
     return found
+
+
+def packed_pooled(engine: OnnxEngine, check) -> np.ndarray:
+    """The check's rows packed as the encoders pack a batch (length-sorted, padding bounded)."""
+    return run_packed([(check.input_ids, check.attention_mask)], CPU_TOKEN_BUDGET, engine.forward).pooled[0]
 
 
 def _verified(engines: EngineSet, graph: Path, checks: dict, precision: str) -> dict:
@@ -341,8 +347,7 @@ def _verified(engines: EngineSet, graph: Path, checks: dict, precision: str) -> 
     for task, check in checks.items():
         engine = engines.engine(task, graph=graph)
         try:
-            cosine = check.gate(engine.forward(check.input_ids, check.attention_mask), precision,
-                                f"{task} ONNX engine")
+            cosine = check.gate(packed_pooled(engine, check), precision, f"{task} ONNX engine")
         except ParityError as exc:
             raise EngineError(str(exc)) from None
         found[task] = {"min_cosine": cosine, "against": "reference (peft, unmerged)", "texts": len(check.input_ids)}
