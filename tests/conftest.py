@@ -88,6 +88,15 @@ def build_test_repository(checkpoint, out, cache, reference=None, **options):
     return out
 
 
+def serve_test_repository(tmp_path_factory, name, checkpoint, cache, reference, **options):
+    """The real Triton on a repository built with `options`, for a module's fixture to yield."""
+    from jina_triton_serving.triton_process import TritonServer
+
+    repository = build_test_repository(checkpoint, tmp_path_factory.mktemp(name) / "repo", cache, reference, **options)
+    with TritonServer.on_free_ports(repository, log_file=repository.parent / "server.log") as triton:
+        yield triton
+
+
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines, reference):
     return build_test_repository(tiny_checkpoint, tmp_path_factory.mktemp("repo") / "tiny", engine_cache, reference)

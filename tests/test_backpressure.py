@@ -15,7 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from conftest import build_test_repository
+from conftest import serve_test_repository
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 LIMITS = {"max_length": 2048, "max_text_bytes": 128 * 1024, "max_request_bytes": 4 << 20, "max_request_tokens": 32768,
@@ -26,12 +26,7 @@ PATIENCE = 240                                       # a hang fails a test; slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines, reference):
-    from jina_triton_serving.triton_process import TritonServer
-
-    repository = build_test_repository(tiny_checkpoint, tmp_path_factory.mktemp("pressure") / "repo", engine_cache,
-                                       reference, **LIMITS)
-    with TritonServer.on_free_ports(repository, log_file=repository.parent / "server.log") as triton:
-        yield triton
+    yield from serve_test_repository(tmp_path_factory, "pressure", tiny_checkpoint, engine_cache, reference, **LIMITS)
 
 
 def _infer(server, texts, timeout_us=None):

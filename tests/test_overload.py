@@ -13,7 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import build_test_repository
+from conftest import serve_test_repository
 from jina_triton_client import EmbeddingClient, Limits
 from jina_triton_client.contract import DEFAULT_MAX_REQUEST_TOKENS
 
@@ -26,12 +26,7 @@ HEAVY_BOUND_S = 240     # the client's timeout for a heavy request (a hang fails
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines, reference):
-    from jina_triton_serving.triton_process import TritonServer
-
-    repository = build_test_repository(tiny_checkpoint, tmp_path_factory.mktemp("overload") / "repo", engine_cache,
-                                       reference, **LIMITS)
-    with TritonServer.on_free_ports(repository, log_file=repository.parent / "server.log") as triton:
-        yield triton
+    yield from serve_test_repository(tmp_path_factory, "overload", tiny_checkpoint, engine_cache, reference, **LIMITS)
 
 
 def _infer(server, texts, model="embed_retrieval", timeout=None):

@@ -262,9 +262,6 @@ def build_engines(checkpoint: Checkpoint, precision: str = "fp32", cache_dir: Pa
         verified = verified and all(engines.adapter(task).is_file() for task in checkpoint.tasks)
         if precision == "int8":
             verified = verified and all(task in report.get("int8", {}).get("min_cosine", {}) for task in tasks)
-        if verified and all(_intact(engines, p) for p in wanted):
-            report_step(f"engines reused from {entry.directory}")
-            return _with_prepacked(engines, tasks, prepack, report_step)
 
         def make_reference():
             nonlocal reference
@@ -273,7 +270,10 @@ def build_engines(checkpoint: Checkpoint, precision: str = "fp32", cache_dir: Pa
                 reference = ReferenceEncoder(checkpoint)
             return reference
 
-        checks = {task: reference_parity(entry, task, make_reference) for task in tasks}
+        checks = {task: reference_parity(entry, task, make_reference) for task in tasks}  # cached per task
+        if verified and all(_intact(engines, p) for p in wanted):
+            report_step(f"engines reused from {entry.directory}")
+            return _with_prepacked(engines, checks, prepack, report_step)
         for task in checkpoint.tasks:
             write_adapter(checkpoint, task, engines.adapter(task), entry)
         if not _intact(engines, "fp32"):
@@ -294,18 +294,13 @@ def build_engines(checkpoint: Checkpoint, precision: str = "fp32", cache_dir: Pa
                     f"{min(report['tasks'][t]['min_cosine'] for t in tasks):.7f}")
         entry.save_report(report)
         if precision == "int8":
-            _quantized(engines, {task: checks[task] for task in tasks}, report_step)
+            _quantized(engines, checks, report_step)
             entry.save_report(report)
-        return _with_prepacked(engines, tasks, prepack, report_step)
+        return _with_prepacked(engines, checks, prepack, report_step)
 
 
-def _with_prepacked(engines: EngineSet, tasks, prepack: bool, report_step) -> EngineSet:
+def _with_prepacked(engines: EngineSet, checks: dict, prepack: bool, report_step) -> EngineSet:
     if prepack:
-        def make_reference():
-            from .reference import ReferenceEncoder
-            return ReferenceEncoder(engines.checkpoint)
-
-        checks = {task: reference_parity(engines.entry, task, make_reference) for task in tasks}
         engines.prepacked = ensure_prepacked(engines, engines.precision, checks, _staged, _commit, report_step)
         engines.entry.save_report(engines.report)
     return engines
