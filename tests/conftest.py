@@ -97,6 +97,16 @@ def serve_test_repository(tmp_path_factory, name, checkpoint, cache, reference, 
         yield triton
 
 
+def keyed_gateway(triton, tmp_path_factory, key: str, name: str):
+    """The gateway in front of `triton`, one API key, the test limits; for a module's fixture to yield."""
+    from jina_triton_serving.gateway.process import GatewayProcess
+
+    log = tmp_path_factory.mktemp(name) / "gateway.log"
+    with GatewayProcess(triton, "--max-length", str(TEST_MAX_LENGTH), "--max-request-tokens", "4096",
+                        env={"JINA_TRITON_API_KEY": key}, log_file=log) as process:
+        yield process
+
+
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory, tiny_checkpoint, engine_cache, fp32_engines, reference):
     return build_test_repository(tiny_checkpoint, tmp_path_factory.mktemp("repo") / "tiny", engine_cache, reference)

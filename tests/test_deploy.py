@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,7 @@ def test_the_built_wheels_install_into_a_fresh_venv_and_build_and_serve(tmp_path
     names = zipfile.ZipFile(project).namelist()
     assert "jina_triton_models/encoder_torch/config.pbtxt.tmpl" in names
     assert "jina_triton_models/preprocess/1/model.py" in names
+    assert "jina_triton_serving/gateway/docs/docs.js" in names
     venv = tmp_path / "venv"
     subprocess.run([sys.base_prefix + "/bin/python3", "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
@@ -64,6 +66,7 @@ def test_the_built_wheels_install_into_a_fresh_venv_and_build_and_serve(tmp_path
                             "--cache-dir", str(engine_cache), "--max-length", "64", "--token-budget", "512",
                             "--max-request-tokens", "4096"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-3000:]
+    assert (repository / "preprocess" / "1" / "jina_triton_pipeline" / "steps.py").is_file()  # copied from the wheel
     ports = [str(free_port()) for _ in range(4)]
     serve = subprocess.Popen([cli, "serve", "--repository", str(repository), "--http-port", ports[0], "--grpc-port",
                               ports[1], "--metrics-port", ports[2], "--gateway-port", ports[3]],
@@ -80,6 +83,8 @@ def test_the_built_wheels_install_into_a_fresh_venv_and_build_and_serve(tmp_path
         embedded = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
                                   env=env, timeout=120, cwd=tmp_path)
         assert embedded.stdout.strip() == "(1, 64)", embedded.stderr[-2000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[3]}/docs/docs.js", timeout=30) as reply:
+            assert reply.status == 200  # the docs page's assets ship in the wheel
     finally:
         serve.terminate()
         serve.wait(90)
@@ -202,6 +207,7 @@ def _strict(schema):
 
 @pytest.mark.parametrize("manifest, schema, field", [
     ("inferenceservice.yaml", "kserve-inferenceservice-v1beta1", "storageUri"),
+    ("inferenceservice-stock.yaml", "kserve-inferenceservice-v1beta1", "protocolVersion"),
     ("servingruntime.yaml", "kserve-servingruntime-v1alpha1", "supportedModelFormats")])
 def test_kserve_manifests_validate_against_kserves_crd_schemas(manifest, schema, field, tmp_path):
     loaded = json.loads(gzip.decompress((KUBERNETES / "schemas" / f"{schema}.json.gz").read_bytes()))
@@ -256,6 +262,23 @@ def test_the_kserve_runtime_puts_the_gateway_in_front_of_a_locked_triton():
     assert not args.allow_anonymous and not args.allow_insecure_http
     assert [port["containerPort"] for port in container["ports"]] == [args.gateway_port]
     assert not runtime["spec"].get("hostIPC")
+
+
+def test_the_stock_kserve_runtime_locks_the_admin_apis_and_sizes_shm():
+    """KServe's own Triton runtime: its predictor names no runtime of ours, locks what `serve` locks
+    (with a key from a Secret) and gives the stubs a memory-backed /dev/shm."""
+    from jina_triton_serving.triton_process import ADMIN_APIS, ADMIN_KEY_HEADER
+
+    service = yaml.safe_load((KUBERNETES / "kserve" / "inferenceservice-stock.yaml").read_text())
+    predictor = service["spec"]["predictor"]
+    model = predictor["model"]
+    assert "runtime" not in model and model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "v2"
+    locked = ",".join(ADMIN_APIS) + f":{ADMIN_KEY_HEADER}=$(ADMIN_KEY)"
+    assert model["args"] == [f"--grpc-restricted-protocol={locked}", f"--http-restricted-api={locked}"]
+    assert model["env"][0]["name"] == "ADMIN_KEY" and "secretKeyRef" in model["env"][0]["valueFrom"]
+    shm = next(volume for volume in predictor["volumes"] if volume["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in model["volumeMounts"]
 
 
 def test_the_gpu_image_is_built_on_a_triton_past_the_august_2025_security_release():

@@ -31,6 +31,14 @@ def test_unused_value_is_an_error():
 def test_malformed_placeholder_is_an_error():
     with pytest.raises(TemplateError, match="malformed"):
         render("$x ${y}", {"y": 1})
+    with pytest.raises(TemplateError, match="malformed"):
+        render("${y} $", {"y": 1})
+
+
+def test_a_value_may_hold_a_dollar():
+    """Triton's own variable, in the packed environment's path, passes through as it is."""
+    path = "$$TRITON_MODEL_DIRECTORY/../python_env.tar.gz"
+    assert render('env: "${env}"', {"env": path}) == f'env: "{path}"'
 
 
 TEMPLATES = ("preprocess", "encoder_onnx", "encoder_torch", "encoder_tensorrt", "postprocess", "ensemble")

@@ -94,7 +94,11 @@ class BuildOptions:
     numpy_env: str = option("", "EXECUTION_ENV_PATH of the models that move numpy arrays (preprocess, postprocess, "
                             "the onnxruntime encoders): a Python environment with numpy<2, for a machine whose "
                             "stubs otherwise run numpy 2 (the GPU check's); empty: the server's environment",
-                            templates=("preprocess", "postprocess", "encoder_onnx"), minimum=None, kind=str)
+                            minimum=None, kind=str)
+    pack_env: bool = option(False, "pack the third-party packages the models import (requirements.txt) into "
+                            "python_env.tar.gz at the repository's root, named by every Python model's "
+                            "EXECUTION_ENV_PATH: a stock Triton with nothing added serves the repository "
+                            "(the archive fits this build's Python version only)", minimum=None, kind=bool)
 
     def resolved(self, cores: int | None = None) -> "BuildOptions":
         """Target- and machine-dependent defaults filled in."""
@@ -134,6 +138,8 @@ class BuildOptions:
         if self.compile_buckets and any(not part.strip().isdigit() for part in self.compile_buckets.split(",")):
             raise ValueError(f"compile_buckets must be comma-separated lengths, not {self.compile_buckets!r}")
         task_list(self.tasks)  # names only known tasks
+        if self.pack_env and self.numpy_env:
+            raise ValueError("pack_env and numpy_env both set EXECUTION_ENV_PATH: choose one")
         if self.max_request_tokens < self.max_length:
             raise ValueError(f"max_request_tokens ({self.max_request_tokens}) must be at least the max length "
                              f"({self.max_length}) so that every text fits in a request")
@@ -170,6 +176,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         meta = spec.metadata
         default = spec.default
         help_text = meta["help"] + ("" if default is None else f" (default {default})")
+        if meta["kind"] is bool:
+            parser.add_argument(_flag(spec.name), dest=spec.name, action="store_true", help=meta["help"])
+            continue
         parser.add_argument(_flag(spec.name), dest=spec.name, default=default, help=help_text,
                             type=None if meta["choices"] else meta["kind"], choices=meta["choices"])
 

@@ -27,10 +27,9 @@ def render(text: str, values: dict) -> str:
     unused = sorted(set(values) - wanted)
     if unused:
         raise TemplateError(f"value(s) for no placeholder: {', '.join(unused)}")
-    rendered = PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), text)
-    if "$" in rendered:
-        raise TemplateError("a '$' is left after rendering: malformed placeholder?")
-    return rendered
+    if "$" in PLACEHOLDER.sub("", text):  # values may hold one (Triton's $$TRITON_MODEL_DIRECTORY)
+        raise TemplateError("a '$' outside a ${name} placeholder: malformed placeholder?")
+    return PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), text)
 
 
 def render_file(template: Path, target: Path, values: dict) -> None:

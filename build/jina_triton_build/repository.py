@@ -5,6 +5,10 @@
     REPO/postprocess/{config.pbtxt, 1/model.py, 1/calibration.npz}
     REPO/embed_<task>/{config.pbtxt, 1/}
     REPO/manifest.json   which checkpoint, synthetic or not, target, precision, parity, limits
+    REPO/requirements.txt   the third-party packages the Python models import, as built
+    REPO/python_env.tar.gz  with --pack-env: those packages, for EXECUTION_ENV_PATH
+Every Python model's version folder also holds the project's code it imports (self_contained.py):
+a stock Triton serves the repository with nothing of this project installed.
 
 Targets:
     cpu       encoders run onnxruntime on one pooled backbone graph shared by every task, each
@@ -37,8 +41,9 @@ from jina_triton_pipeline.torch_engine import ADAPTER_FILE, BACKBONE_FILE, CONFI
 from .calibration import calibrate
 from .checkpoint import ADAPTER_WEIGHTS, WEIGHTS_FILE, Checkpoint, adapter_config, architecture
 from .engines import build_engines, cache_entry, task_graph, torch_pooled
-from .options import BuildOptions
+from .options import PYTHON_MODELS, BuildOptions
 from .render import render_file
+from .self_contained import copy_project_code, execution_env, pack_environment, write_requirements
 from .tensorrt import DEFAULT_BUCKETS, PROFILES_FILE, plan_profiles, write_profiles
 from .verification import reference_parity
 
@@ -64,6 +69,10 @@ def _render(template: str, out: Path, name: str, values: dict, config: str = "co
     version.mkdir(parents=True, exist_ok=True)
     if (source / "1" / "model.py").is_file() and config == "config.pbtxt":
         shutil.copy2(source / "1" / "model.py", version / "model.py")
+        copy_project_code(version)
+    if template == "ensemble":  # object storage keeps no empty folder, and Triton needs the version's
+        (version / "ensemble.txt").write_text("An ensemble has no files; this one keeps its version folder "
+                                              "on object storage (S3 has no empty folders).\n")
     return version
 
 
@@ -162,6 +171,8 @@ def _build(checkpoint, out: Path, options: BuildOptions, cache_dir, progress, re
     def values(template: str) -> dict:
         """A template's options, and the model width every model but the ensembles names."""
         found = options.template_values(template)
+        if template in PYTHON_MODELS:
+            found["execution_env"] = execution_env(template, options.pack_env, options.numpy_env)
         return found if template == "ensemble" else {**found, "hidden_size": checkpoint.hidden_size}
 
     tasks = options.served_tasks(checkpoint.tasks)
@@ -207,6 +218,9 @@ def _build(checkpoint, out: Path, options: BuildOptions, cache_dir, progress, re
         "options": options.as_dict(),
         "engines": {task: (engines.task_report(task) if engines else {}) for task in tasks},
     }
+    write_requirements(snapshot, options.target)
+    if options.pack_env:
+        manifest["python_env"] = pack_environment(snapshot, options.target, report)
     (snapshot / MANIFEST).write_text(json.dumps(manifest, indent=2))
     publish(snapshot, out)
     report(f"repository {out} -> {snapshot.name}")

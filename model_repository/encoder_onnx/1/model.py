@@ -1,7 +1,12 @@
 """encoder_<task>, `cpu` target: onnxruntime on the backbone graph (pooled in the graph) shared by
 every task, its weights pre-packed for this machine where the build laid them out here, this
 task's adapter bound as its inputs."""
+import sys
 from pathlib import Path
+
+# the project's code this repository was built with lies beside this file (jina_triton_build's
+# self_contained.py); first on sys.path, it wins over any other installed version
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton_python_backend_utils as pb_utils
 

@@ -1,6 +1,12 @@
 """encoder_<task>, `cuda` target: the merged encoder in PyTorch; refuses to load below its parity gate."""
-import time
+import sys
 from pathlib import Path
+
+# the project's code this repository was built with lies beside this file (jina_triton_build's
+# self_contained.py); first on sys.path, it wins over any other installed version
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils

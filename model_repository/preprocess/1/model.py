@@ -1,5 +1,10 @@
 """preprocess: prefix + tokenize + truncate each request's texts, within its limits."""
+import sys
 from pathlib import Path
+
+# the project's code this repository was built with lies beside this file (jina_triton_build's
+# self_contained.py); first on sys.path, it wins over any other installed version
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton_python_backend_utils as pb_utils
 

@@ -44,9 +44,49 @@ MODELS = {MODEL_NAME: None, f"{MODEL_NAME}-retrieval": "retrieval.passage",
           f"{MODEL_NAME}-classification": "classification"}
 EMBEDDING_TYPES = ("float", "base64", "binary", "ubinary", "int8", "uint8")
 ENCODING_FORMATS = ("float", "base64")
-FIELDS = {"input", "model", "task", "dimensions", "encoding_format", "embedding_type", "normalized", "truncate",
-          "user"}
 assert {adapter for adapter, _ in JINA_TASKS.values()} == set(TASKS)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One request field: its JSON Schema (what parse() enforces for it: the enums and bounds below
+    are the ones it checks) and what the OpenAPI document says of it."""
+    schema: dict
+    description: str
+
+
+_TEXT = {"type": "string", "minLength": 1}
+REQUEST = {
+    "input": Field({"oneOf": [_TEXT, {"type": "array", "minItems": 1, "items": {"oneOf": [
+        _TEXT, {"type": "object", "properties": {"text": _TEXT}, "required": ["text"],
+                "additionalProperties": False}]}}]},
+        "a text or a list of texts (or of {\"text\": ...}); token-id arrays are refused"),
+    "model": Field({"type": "string", "enum": list(MODELS), "default": MODEL_NAME},
+                   "the bare name (its task from `task`), or a task's own name; GET /v1/models lists the served ones"),
+    "task": Field({"type": "string", "enum": list(JINA_TASKS), "default": DEFAULT_TASK},
+                  "the LoRA adapter and the prefix: retrieval.query / retrieval.passage add 'Query: ' / 'Document: '"),
+    "dimensions": Field({"type": "integer", "minimum": MIN_DIMENSIONS, "maximum": MAX_DIMENSIONS,
+                         "default": MAX_DIMENSIONS},
+                        "Matryoshka: the first N dimensions, normalized again; binary types need a multiple of 8"),
+    "encoding_format": Field({"type": "string", "enum": list(ENCODING_FORMATS)},
+                             "OpenAI's: how float embeddings travel (base64: little-endian float32)"),
+    "embedding_type": Field({"type": "string", "enum": list(EMBEDDING_TYPES), "default": "float"},
+                            "Jina's: float, base64, or quantized (int8, uint8; binary, ubinary packed 8 per byte)"),
+    "normalized": Field({"type": "boolean", "default": True}, "false: the raw pooled state (float types only)"),
+    "truncate": Field({"oneOf": [{"type": "boolean"}, {"type": "string", "enum": list(TRUNCATE_MODES)}],
+                       "default": True},
+                      "true / END: cut long texts at the end; START: keep the end; false / NONE: refuse them"),
+    "user": Field({"type": "string"}, "accepted and logged as given"),
+}
+FIELDS = set(REQUEST)
+
+
+def _choice(body: dict, name: str):
+    """A field whose values are its schema's enum (None when absent)."""
+    value, allowed = body.get(name), REQUEST[name].schema["enum"]
+    if value is not None and (not isinstance(value, str) or value not in allowed):
+        raise invalid(name, f"must be one of {', '.join(allowed)}")
+    return value
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 LOGGED_CHARS = 128
@@ -176,11 +216,9 @@ def _texts(value) -> list[str]:
 
 def _task(body: dict, model: str) -> str:
     implied = MODELS[model]
-    task = body.get("task")
+    task = _choice(body, "task")
     if task is None:
         return implied or DEFAULT_TASK
-    if not isinstance(task, str) or task not in JINA_TASKS:
-        raise invalid("task", f"must be one of {', '.join(JINA_TASKS)}")
     if implied and JINA_TASKS[task][0] != JINA_TASKS[implied][0]:
         raise invalid("task", f"{task!r} does not match model {model!r}; send the bare model name {MODEL_NAME!r} "
                               f"with a task")
@@ -188,23 +226,23 @@ def _task(body: dict, model: str) -> str:
 
 
 def _dimensions(value) -> int:
+    schema = REQUEST["dimensions"].schema
+    low, high = schema["minimum"], schema["maximum"]
     if value is None:
-        return MAX_DIMENSIONS
+        return schema["default"]
+    if isinstance(value, float) and value.is_integer():  # JSON has one number type: 256.0 is the integer 256
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid("dimensions", f"must be an integer from {MIN_DIMENSIONS} to {MAX_DIMENSIONS}")
-    if not MIN_DIMENSIONS <= value <= MAX_DIMENSIONS:
-        raise invalid("dimensions", f"must be from {MIN_DIMENSIONS} to {MAX_DIMENSIONS}, got {value}")
+        raise invalid("dimensions", f"must be an integer from {low} to {high}")
+    if not low <= value <= high:
+        raise invalid("dimensions", f"must be from {low} to {high}, got {value}")
     return value
 
 
 def _embedding_type(body: dict) -> str:
     """Jina's embedding_type decides; OpenAI's encoding_format chooses how floats travel (the openai
     package asks for base64 on its own and decodes it; integer types are left as they are)."""
-    encoding, kind = body.get("encoding_format"), body.get("embedding_type")
-    if encoding is not None and encoding not in ENCODING_FORMATS:
-        raise invalid("encoding_format", f"must be one of {', '.join(ENCODING_FORMATS)}")
-    if kind is not None and kind not in EMBEDDING_TYPES:
-        raise invalid("embedding_type", f"must be one of {', '.join(EMBEDDING_TYPES)}")
+    encoding, kind = _choice(body, "encoding_format"), _choice(body, "embedding_type")
     if kind in (None, "float", "base64"):
         return encoding or kind or "float"
     return kind
@@ -235,7 +273,7 @@ def parse(body, max_inputs: int, served: tuple[str, ...] = TASKS) -> EmbedCall:
     model = body.get("model", MODEL_NAME)
     if not isinstance(model, str):
         raise invalid("model", "must be a string; GET /v1/models lists the models")
-    if model not in MODELS:
+    if model not in REQUEST["model"].schema["enum"]:
         raise ApiError(404, f"model: {model!r} does not exist; GET /v1/models lists the models", "model",
                        "not_found_error")
     task = _task(body, model)

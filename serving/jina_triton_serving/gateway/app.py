@@ -22,10 +22,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from jina_triton_client import AsyncEmbeddingClient, EmbeddingError, InvalidArgument, Limits, RetryPolicy
-from jina_triton_client.contract import REQUEST_ID_HEADER, TASKS, ensemble_name
+from jina_triton_client.contract import CONTRACT_VERSION, REQUEST_ID_HEADER, TASKS, ensemble_name
 
 from ..triton_process import GRPC_ADMIN_KEY_HEADER
-from . import api
+from . import api, openapi
 from .telemetry import Metrics, Tracing, json_logger
 
 try:
@@ -78,6 +78,7 @@ class Gateway:
         self.started = int(time.time())
         self._ready: tuple | None = None
         self._ready_lock = asyncio.Lock()
+        self._openapi: bytes | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     async def startup(self) -> None:
@@ -263,6 +264,21 @@ class Gateway:
             problems.append("tritonserver is unreachable")
         return problems
 
+    async def openapi_document(self, request: Request) -> Response:
+        """The API this server answers, from the definitions parse() enforces (no key: it describes,
+        it changes nothing)."""
+        if self._openapi is None:
+            self._openapi = dumps(openapi.document(self.config.max_inputs, self.config.tasks, str(CONTRACT_VERSION)))
+        return Response(self._openapi, media_type="application/json")
+
+    async def docs(self, request: Request) -> Response:
+        """The docs page and its assets, from the package: nothing loads from the internet."""
+        asset = request.path_params.get("asset", "index.html")
+        if asset not in openapi.DOC_ASSETS:
+            return _error(api.ApiError(404, f"no document {asset!r} here", None, "not_found_error"), "-")
+        return Response((openapi.DOCS / asset).read_bytes(), media_type=openapi.DOC_ASSETS[asset],
+                        headers={"content-security-policy": "default-src 'self'"})
+
     async def metrics_page(self, request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -291,6 +307,9 @@ def create_app(config: Config) -> Starlette:
               Route("/health", gateway.health, methods=["GET"]),
               Route("/ready", gateway.ready, methods=["GET"]),
               Route("/metrics", gateway.metrics_page, methods=["GET"]),
+              Route("/openapi.json", gateway.openapi_document, methods=["GET"]),
+              Route("/docs", gateway.docs, methods=["GET"]),
+              Route("/docs/{asset:str}", gateway.docs, methods=["GET"]),
               Route("/admin/models/{model}/{action:str}", gateway.admin, methods=["POST"])]
 
     @contextlib.asynccontextmanager
