@@ -152,6 +152,9 @@ def cpu_image(base_image, tmp_path_factory) -> str:
     _docker("build", "--network", "host", "-f", "docker/Dockerfile.cpu", "--build-arg", f"BASE_IMAGE={base_image}",
             "--build-arg", "TORCH_INDEX_URL=https://pypi.org/simple", "-t", tag, ".", cwd=context, timeout=1800)
     print(f"built {tag} in {time.monotonic() - started:.0f} s")
+    older = _docker("images", "--format", "{{.Repository}}:{{.Tag}}", "jina-triton-cpu").stdout.split()
+    for stale in (name for name in older if name.startswith("jina-triton-cpu:test-") and name != tag):
+        _docker("rmi", stale, check=False)  # one test image per machine: the inputs' hash names it
     shutil.rmtree(context, ignore_errors=True)
     return tag
 
@@ -279,3 +282,36 @@ def test_too_small_a_dev_shm_gives_the_documented_message(cpu_image, volumes):
     output = ran.stdout + ran.stderr
     assert ran.returncode != 0 and "Traceback" not in output, output[-3000:]
     assert "/dev/shm has" in output, output[-3000:]
+
+
+def test_compose_brings_the_cpu_service_up_and_down(cpu_image, volumes, tmp_path):
+    """docker/compose.cpu.yaml as written (its own network, published ports), on the image built here;
+    Prometheus and Grafana images cannot be made here, so compose.yaml's stack is not run."""
+    compose = shutil.which("docker-compose")
+    if compose is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "docker-compose"], capture_output=True, timeout=600,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("no docker-compose (apt-get install docker-compose)")
+    ports = _ports()
+    env = {**os.environ, "JINA_TRITON_IMAGE": cpu_image, "JINA_TRITON_API_KEY": KEY,
+           "CHECKPOINT_DIR": str(volumes["checkpoint"]), "GATEWAY_PORT": str(ports["gateway"]),
+           "METRICS_PORT": str(ports["metrics"])}
+    project = ["-p", f"jinatest{os.getpid()}", "-f", str(REPO_ROOT / "docker" / "compose.cpu.yaml")]
+
+    def run(*args):
+        return subprocess.run([compose, *project, *args], capture_output=True, text=True, env=env, timeout=600)
+
+    up = run("up", "-d", "--no-build")
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        gateway = f"http://127.0.0.1:{ports['gateway']}"
+        name = run("ps", "-q").stdout.split()[0]
+        _wait_ready(name, f"{gateway}/ready")
+        assert _get(f"{gateway}/v1/embeddings", {"content-type": "application/json",
+                                                 "authorization": f"Bearer {KEY}"}, b'{"input": "a"}')[0] == 200
+        assert run("stop").returncode == 0
+        assert _docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    finally:
+        run("down", "-v")
