@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -205,4 +206,5 @@ def test_a_stock_triton_serves_the_packed_repository_from_object_storage(s3_serv
         request = urllib.request.Request(index, data=b"{}", method="POST", headers={"admin-key": key})
         with urllib.request.urlopen(request, timeout=10) as reply:
             assert reply.status == 200
-    assert "Using Python execution env /tmp/folder" in server.log.read_text()
+    used = [line for line in server.log.read_text().splitlines() if "Using Python execution env" in line]
+    assert len(used) == len(PYTHON_MODELS) and all(re.search(rf'/tmp/folder\w+/{PACKED_ENV}"$', line) for line in used), used

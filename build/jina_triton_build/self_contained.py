@@ -16,12 +16,10 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import io
-import re
 import shutil
 import sys
-import sysconfig
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 PROJECT_PACKAGES = ("jina_triton_pipeline", "jina_triton_client")
 # what the Python models of each target import (triton_python_backend_utils comes with the stub)
@@ -94,10 +92,12 @@ def _requires(dist: importlib.metadata.Distribution) -> list[str]:
 
 def closure(names) -> list[importlib.metadata.Distribution]:
     """The distributions `names` need, theirs included, each once."""
+    from packaging.utils import canonicalize_name
+
     found: dict[str, importlib.metadata.Distribution] = {}
     pending = list(names)
     while pending:
-        key = re.sub(r"[-_.]+", "-", pending.pop()).lower()
+        key = canonicalize_name(pending.pop())
         if key in found:
             continue
         try:
@@ -109,16 +109,27 @@ def closure(names) -> list[importlib.metadata.Distribution]:
     return [found[key] for key in sorted(found)]
 
 
-def _site_files(dist: importlib.metadata.Distribution, site: Path):
-    """(path, its name inside site-packages) for every installed file of `dist` there."""
-    for file in dist.files or []:
-        path = Path(dist.locate_file(file)).resolve()
-        if "__pycache__" in path.parts or path.suffix == ".pyc" or not path.is_file():
+def _site_files(dist: importlib.metadata.Distribution):
+    """(file, its name inside site-packages) for every installed file of `dist` there. RECORD names
+    files relative to the dist's own site folder (purelib or platlib), so lib64 and symlinked
+    installs pack as they import; scripts and data outside it (../../bin) are left out."""
+    files = []
+    for name in dist.files or []:
+        parts = PurePosixPath(str(name)).parts
+        path = Path(dist.locate_file(name))
+        if parts[0] == ".." or "__pycache__" in parts or path.suffix == ".pyc" or not path.is_file():
             continue
-        try:
-            yield path, path.relative_to(site)
-        except ValueError:
-            continue  # a script in bin/, data outside site-packages: not imported
+        files.append((path.resolve(), PurePosixPath(*parts)))
+    if not files:
+        raise PackError(f"{dist.metadata['Name']} lists no installed files (no RECORD?): --pack-env cannot pack "
+                        f"it; reinstall it with pip")
+    return files
+
+
+def _torch_is_cpu_only() -> bool:
+    import torch
+
+    return torch.version.cuda is None
 
 
 def _add_text(archive: tarfile.TarFile, name: str, text: str, mode: int = 0o644) -> None:
@@ -131,10 +142,16 @@ def _add_text(archive: tarfile.TarFile, name: str, text: str, mode: int = 0o644)
 def pack_environment(repository: Path, target: str, progress=None) -> dict:
     """python_env.tar.gz at the repository's root; returns what it holds and weighs."""
     report = progress or (lambda message: None)
-    site = Path(sysconfig.get_paths()["purelib"]).resolve()
     python = f"python{sys.version_info.major}.{sys.version_info.minor}"
     base = Path(getattr(sys, "_base_executable", sys.executable))
     dists = closure(STUB_REQUIREMENTS[target])
+    if not str(base).startswith("/usr/bin/"):
+        report(f"WARNING: {PACKED_ENV} names the interpreter {base}; a server whose Python is elsewhere "
+               f"(an NGC image's /usr/bin/{python}) will not find the packed packages: build from a venv of "
+               f"/usr/bin/{python}")
+    if target != "cpu" and _torch_is_cpu_only():
+        report(f"WARNING: the torch packed for the {target} target is a CPU build: the encoders would run on "
+               f"the CPU; build from an environment with a CUDA torch")
     report(f"packing {len(dists)} distributions into {PACKED_ENV} ({', '.join(d.metadata['Name'] for d in dists)})")
     path, unpacked = repository / PACKED_ENV, 0
     with tarfile.open(path, "w:gz", compresslevel=4) as archive:
@@ -148,7 +165,7 @@ def pack_environment(repository: Path, target: str, progress=None) -> dict:
             link.type, link.linkname, link.mode = tarfile.SYMTYPE, str(base), 0o777
             archive.addfile(link)
         for dist in dists:
-            for file, name in _site_files(dist, site):
+            for file, name in _site_files(dist):
                 archive.add(file, arcname=f"lib/{python}/site-packages/{name}", recursive=False)
                 unpacked += file.stat().st_size
     found = {"archive": PACKED_ENV, "python": python, "interpreter": str(base), "archive_bytes": path.stat().st_size,

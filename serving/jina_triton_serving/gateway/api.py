@@ -50,9 +50,16 @@ assert {adapter for adapter, _ in JINA_TASKS.values()} == set(TASKS)
 @dataclass(frozen=True)
 class Field:
     """One request field: its JSON Schema (what parse() enforces for it: the enums and bounds below
-    are the ones it checks) and what the OpenAPI document says of it."""
+    are the ones it checks), what the OpenAPI document says of it, and whether null means absent."""
     schema: dict
     description: str
+    nullable: bool = False
+
+
+def _any_case(words) -> str:
+    """A JSON Schema pattern (no flags there) for these words in any letter case, as _truncate takes them."""
+    spelled = ("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word) for word in words)
+    return "^(?:" + "|".join(spelled) + ")$"
 
 
 _TEXT = {"type": "string", "minLength": 1}
@@ -64,19 +71,23 @@ REQUEST = {
     "model": Field({"type": "string", "enum": list(MODELS), "default": MODEL_NAME},
                    "the bare name (its task from `task`), or a task's own name; GET /v1/models lists the served ones"),
     "task": Field({"type": "string", "enum": list(JINA_TASKS), "default": DEFAULT_TASK},
-                  "the LoRA adapter and the prefix: retrieval.query / retrieval.passage add 'Query: ' / 'Document: '"),
+                  "the LoRA adapter and the prefix: retrieval.query / retrieval.passage add 'Query: ' / 'Document: '",
+                  nullable=True),
     "dimensions": Field({"type": "integer", "minimum": MIN_DIMENSIONS, "maximum": MAX_DIMENSIONS,
                          "default": MAX_DIMENSIONS},
-                        "Matryoshka: the first N dimensions, normalized again; binary types need a multiple of 8"),
+                        "Matryoshka: the first N dimensions, normalized again; binary types need a multiple of 8",
+                        nullable=True),
     "encoding_format": Field({"type": "string", "enum": list(ENCODING_FORMATS)},
-                             "OpenAI's: how float embeddings travel (base64: little-endian float32)"),
+                             "OpenAI's: how float embeddings travel (base64: little-endian float32)", nullable=True),
     "embedding_type": Field({"type": "string", "enum": list(EMBEDDING_TYPES), "default": "float"},
-                            "Jina's: float, base64, or quantized (int8, uint8; binary, ubinary packed 8 per byte)"),
+                            "Jina's: float, base64, or quantized (int8, uint8; binary, ubinary packed 8 per byte)",
+                            nullable=True),
     "normalized": Field({"type": "boolean", "default": True}, "false: the raw pooled state (float types only)"),
-    "truncate": Field({"oneOf": [{"type": "boolean"}, {"type": "string", "enum": list(TRUNCATE_MODES)}],
+    "truncate": Field({"oneOf": [{"type": "boolean"}, {"type": "string", "pattern": _any_case(TRUNCATE_MODES)}],
                        "default": True},
-                      "true / END: cut long texts at the end; START: keep the end; false / NONE: refuse them"),
-    "user": Field({"type": "string"}, "accepted and logged as given"),
+                      f"true / END: cut long texts at the end; START: keep the end; false / NONE: refuse them "
+                      f"({', '.join(TRUNCATE_MODES)}, any case)", nullable=True),
+    "user": Field({"type": "string"}, "accepted and logged as given", nullable=True),
 }
 FIELDS = set(REQUEST)
 

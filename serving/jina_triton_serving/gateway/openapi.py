@@ -14,7 +14,7 @@ DOCS = Path(__file__).resolve().parent / "docs"
 DOC_ASSETS = {"index.html": "text/html; charset=utf-8", "docs.js": "text/javascript; charset=utf-8",
               "docs.css": "text/css; charset=utf-8"}
 
-# each one is sent by a test and must be answered 200
+# each one this server serves is sent by a test and must be answered 200
 EXAMPLES = {
     "query": {"summary": "a search query (retrieval adapter, 'Query: ' prefix)",
               "value": {"model": MODEL_NAME, "task": "retrieval.query", "input": ["how do I reset my router?"]}},
@@ -59,15 +59,39 @@ def _error_responses(*codes: int) -> dict:
             for code in codes}
 
 
+def _property(field: api.Field) -> dict:
+    schema = copy.deepcopy(field.schema)
+    if field.nullable:  # parse() takes null as the field's absence
+        schema = {"anyOf": [schema, {"type": "null"}]}
+    return {**schema, "description": field.description}
+
+
 def request_schema(max_inputs: int, served: tuple[str, ...]) -> dict:
-    """The request body as parse() takes it on this server: its served models, its input limit."""
-    properties = {name: {**copy.deepcopy(field.schema), "description": field.description}
-                  for name, field in api.REQUEST.items()}
-    properties["model"]["enum"] = [model["id"] for model in api.models_list(0, served)["data"]]
-    properties["task"]["enum"] = [task for task, (adapter, _) in api.JINA_TASKS.items() if adapter in served]
+    """The request body as parse() takes it on this server: its served models and tasks, its input limit."""
+    properties = {name: _property(field) for name, field in api.REQUEST.items()}
+    properties["model"]["enum"] = [name for name, task in api.MODELS.items()
+                                   if task is None or api.JINA_TASKS[task][0] in served]
+    properties["task"]["anyOf"][0]["enum"] = [task for task, (adapter, _) in api.JINA_TASKS.items()
+                                              if adapter in served]
     text_list = properties["input"]["oneOf"][1]
     properties["input"]["oneOf"][1] = {**text_list, "maxItems": max_inputs}
     return {"type": "object", "required": ["input"], "additionalProperties": False, "properties": properties}
+
+
+def examples(max_inputs: int, served: tuple[str, ...]) -> dict:
+    """The examples this server answers 200 (a server of some tasks: those of its tasks)."""
+    kept = {}
+    for name, example in EXAMPLES.items():
+        try:
+            api.parse(example["value"], max_inputs, served)
+            kept[name] = example
+        except api.ApiError:
+            continue
+    if not kept:
+        task = next(task for task, (adapter, _) in api.JINA_TASKS.items() if adapter in served)
+        kept["served"] = {"summary": f"this server's task {task}", "value": {"model": MODEL_NAME, "task": task,
+                                                                            "input": ["a text to embed"]}}
+    return kept
 
 
 def document(max_inputs: int, served: tuple[str, ...], version: str) -> dict:
@@ -80,7 +104,8 @@ def document(max_inputs: int, served: tuple[str, ...], version: str) -> dict:
             "/v1/embeddings": {"post": {
                 "operationId": "createEmbeddings", "summary": "Embed texts", "security": secured,
                 "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}, "examples": EXAMPLES}}},
+                    "schema": {"$ref": "#/components/schemas/EmbeddingsRequest"},
+                    "examples": examples(max_inputs, served)}}},
                 "responses": {"200": {"description": "one embedding per input, in order", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsResponse"}}}},
                     **_error_responses(400, 401, 404, 408, 413, 429, 503)}}},

@@ -11,7 +11,9 @@ function element(tag, attributes, ...children) {
 function fieldsTable(schema) {
   const table = element("table", {class: "fields"}, element("tr", {}, element("th", {}, "field"),
     element("th", {}, "values"), element("th", {}, "")));
-  for (const [name, field] of Object.entries(schema.properties || {})) {
+  for (const [name, property] of Object.entries(schema.properties || {})) {
+    // a nullable field is {anyOf: [its schema, {type: "null"}]}: show its own schema
+    const field = property.anyOf ? {...property.anyOf[0], description: property.description} : property;
     const values = field.enum ? field.enum.join(" | ") :
       field.minimum !== undefined ? `${field.minimum}..${field.maximum}` : (field.type || "see schema");
     table.append(element("tr", {}, element("td", {}, element("code", {}, name)), element("td", {}, String(values)),
