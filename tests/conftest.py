@@ -97,6 +97,19 @@ def serve_test_repository(tmp_path_factory, name, checkpoint, cache, reference, 
         yield triton
 
 
+def system_tool(command: str, *packages: str) -> str | None:
+    """`command`'s path, installing Debian `packages` for it when it is missing and apt-get may run
+    (root: CI's machine kind); None when it cannot be had."""
+    import shutil
+
+    found = shutil.which(command)
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    subprocess.run(["apt-get", "install", "-y", "-q", *(packages or (command,))], capture_output=True, timeout=900,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return shutil.which(command)
+
+
 def keyed_gateway(triton, tmp_path_factory, key: str, name: str):
     """The gateway in front of `triton`, one API key, the test limits; for a module's fixture to yield."""
     from jina_triton_serving.gateway.process import GatewayProcess

@@ -21,9 +21,11 @@ pytestmark = pytest.mark.server
 API_KEY, ADMIN_KEY = "api-key-c0ffee-7f3a9", "admin-key-d00d-55e1"
 
 
-def _get(url, headers=None, timeout=10):
+def _get(url, headers=None, timeout=10, data: bytes | None = None):
+    """(status, body) of a GET (a POST with `data`); (None, b"") when nothing answers."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as reply:
+        request = urllib.request.Request(url, data=data, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
             return reply.status, reply.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()

@@ -17,15 +17,14 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, free_port, system_tool
+from test_cli_serve import _get
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 BASE_TAG = "jina-triton-base:bookworm"
@@ -53,13 +52,9 @@ def docker_engine(tmp_path_factory):
     if _engine_up():
         yield
         return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("no Docker engine runs and none can be installed here (needs root and apt-get)")
-    if not shutil.which("dockerd") or not shutil.which("debootstrap"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "docker.io", "debootstrap"], capture_output=True,
-                       timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if not shutil.which("dockerd"):
-        pytest.skip("docker.io could not be installed (apt-get install docker.io failed)")
+    if not system_tool("dockerd", "docker.io") or not system_tool("debootstrap"):
+        pytest.skip("no Docker engine runs and none can be installed here (apt-get install docker.io "
+                    "debootstrap, as root)")
     log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
     daemon = subprocess.Popen(["dockerd", "--iptables=false", "--ip-masq=false", "--bridge=none",
                                "--storage-driver=overlay2"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -160,17 +155,6 @@ def cpu_image(base_image, tmp_path_factory) -> str:
 
 
 # -- running it ------------------------------------------------------------------------
-def _get(url: str, headers: dict | None = None, data: bytes | None = None):
-    request = urllib.request.Request(url, data=data, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, reply.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-    except OSError:
-        return None, b""
-
-
 @contextlib.contextmanager
 def container(image: str, *args: str, docker_args: tuple = (), name: str | None = None):
     name = name or f"jina-test-{os.getpid()}-{free_port()}"
@@ -184,7 +168,7 @@ def container(image: str, *args: str, docker_args: tuple = (), name: str | None 
 def _wait_ready(name: str, url: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _get(url)[0] == 200:
+        if _get(url, timeout=30)[0] == 200:
             return
         if _docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() != "true":
             break
@@ -232,9 +216,9 @@ def test_with_a_checkpoint_it_serves_behind_its_key_and_stops_cleanly(cpu_image,
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         _wait_ready(name, f"{gateway}/ready")
         body = b'{"input": ["how do I reset my router?"], "task": "retrieval.query"}'
-        assert _get(f"{gateway}/v1/embeddings", {"content-type": "application/json"}, body)[0] == 401
+        assert _get(f"{gateway}/v1/embeddings", {"content-type": "application/json"}, 30, body)[0] == 401
         status, reply = _get(f"{gateway}/v1/embeddings", {"content-type": "application/json",
-                                                          "authorization": f"Bearer {KEY}"}, body)
+                                                          "authorization": f"Bearer {KEY}"}, 30, body)
         assert status == 200, reply[:500]
         got = np.array(json.loads(reply)["data"][0]["embedding"])
         want = reference.encode(["how do I reset my router?"], "retrieval", "query", max_length=64)[0]
@@ -271,7 +255,7 @@ def test_the_kubernetes_deployment_serves_its_read_only_repository(cpu_image, vo
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         _wait_ready(name, f"{gateway}/ready", timeout=300)
         status, _ = _get(f"{gateway}/v1/embeddings", {"content-type": "application/json",
-                                                      "authorization": f"Bearer {KEY}"}, b'{"input": "a"}')
+                                                      "authorization": f"Bearer {KEY}"}, 30, b'{"input": "a"}')
         assert status == 200
 
 
@@ -287,11 +271,7 @@ def test_too_small_a_dev_shm_gives_the_documented_message(cpu_image, volumes):
 def test_compose_brings_the_cpu_service_up_and_down(cpu_image, volumes, tmp_path):
     """docker/compose.cpu.yaml as written (its own network, published ports), on the image built here;
     Prometheus and Grafana images cannot be made here, so compose.yaml's stack is not run."""
-    compose = shutil.which("docker-compose")
-    if compose is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "docker-compose"], capture_output=True, timeout=600,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        compose = shutil.which("docker-compose")
+    compose = system_tool("docker-compose")
     if compose is None:
         pytest.skip("no docker-compose (apt-get install docker-compose)")
     ports = _ports()
@@ -310,7 +290,7 @@ def test_compose_brings_the_cpu_service_up_and_down(cpu_image, volumes, tmp_path
         name = run("ps", "-q").stdout.split()[0]
         _wait_ready(name, f"{gateway}/ready")
         assert _get(f"{gateway}/v1/embeddings", {"content-type": "application/json",
-                                                 "authorization": f"Bearer {KEY}"}, b'{"input": "a"}')[0] == 200
+                                                 "authorization": f"Bearer {KEY}"}, 30, b'{"input": "a"}')[0] == 200
         assert run("stop").returncode == 0
         assert _docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
     finally:

@@ -5,8 +5,6 @@ shape, and /docs (assets from the gateway, no CDN) works in a real headless Chro
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 
@@ -14,7 +12,7 @@ import httpx
 import jsonschema
 import pytest
 
-from conftest import keyed_gateway
+from conftest import keyed_gateway, system_tool
 from jina_triton_client.contract import MAX_DIMENSIONS, MIN_DIMENSIONS, MODEL_NAME, TASKS
 from jina_triton_serving.gateway import api, openapi
 
@@ -139,16 +137,6 @@ def test_the_docs_assets_come_from_the_gateway(gateway):
     assert httpx.get(f"{gateway.url}/docs/secret.txt", timeout=30).status_code == 404
 
 
-def _chromium() -> str | None:
-    """Debian's Chromium: installed when missing where apt-get may run (CI's machine kind)."""
-    found = shutil.which("chromium")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found
-    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    return shutil.which("chromium")
-
-
 class Page:
     """One tab of a headless Chromium, driven over the DevTools protocol."""
 
@@ -184,7 +172,7 @@ class Page:
 
 @pytest.fixture
 def browser(tmp_path):
-    binary = _chromium()
+    binary = system_tool("chromium")
     if binary is None:
         pytest.skip("no Chromium: apt-get install chromium (Debian), or run as root where apt-get can")
     import websocket
