@@ -271,3 +271,42 @@ def test_rope_frequencies_stay_fp32_in_half_precision():
     assert model.embed_tokens.weight.dtype == torch.float16 and model.inv_freq.dtype == torch.float32
     torch.testing.assert_close(model.inv_freq, want, rtol=0, atol=0)
     assert (want.half().float() - want).abs().max() > 0  # what a cast would have lost
+
+
+HEAP_PROBE = """
+import ctypes, sys
+sys.path.insert(0, sys.argv[1])
+from jina_triton_pipeline.heap import release_free_memory
+
+def anon_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) // 1024
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+chunks = [libc.malloc(64 << 10) for _ in range(2000)]  # 125 MB below the mmap threshold: the heap
+for chunk in chunks:
+    ctypes.memset(chunk, 1, 64 << 10)
+for chunk in chunks[:-1]:  # the last one stays: the heap's top is in use, nothing trims itself
+    libc.free(chunk)
+before = anon_mb()
+assert release_free_memory()
+print(before, anon_mb())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status") or os.uname().sysname != "Linux", reason="glibc on Linux")
+def test_freed_heap_goes_back_to_the_system(tmp_path):
+    """What a tokenizer's parse or an engine's passes free is returned, not kept resident for good."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import jina_triton_pipeline
+
+    root = str(Path(jina_triton_pipeline.__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, "-c", HEAP_PROBE, root], capture_output=True, text=True, check=True)
+    before, after = (int(x) for x in out.stdout.split())
+    assert before - after > 100, (before, after)

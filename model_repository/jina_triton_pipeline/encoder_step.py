@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .heap import RELEASE_AFTER_TOKENS, release_free_memory
 from .internals import ATTENTION_MASK, ENCODE_US, INPUT_IDS, POOLED_STATE
 from .limits import Unavailable, check_token_batch
 from .model_metrics import ModelMetrics
@@ -50,6 +51,7 @@ class EncoderStep:
         self.pb, self.engine, self.tensors = pb_utils, engine, tensors
         self.token_budget, self.max_length, self.max_padding = token_budget, max_length, max_padding
         self.metrics = ModelMetrics(pb_utils, model_name, instance)
+        release_free_memory()  # what loading and warming up the engine left behind (call warm_up first)
 
     def execute(self, requests) -> list:
         responses: list = [None] * len(requests)
@@ -76,6 +78,8 @@ class EncoderStep:
         packed = run_packed(inputs, self.token_budget, self.engine.forward, passes=self.engine.passes,
                             keep=lambda k: not cancelled(requests[order[k]]), max_padding=self.max_padding)
         self.metrics.tokens(packed.computed_tokens, packed.real_tokens)
+        if packed.computed_tokens >= RELEASE_AFTER_TOKENS:  # big passes' activations, else kept for good
+            release_free_memory()
         for k, index in enumerate(order):
             pooled = packed.pooled[k]
             if pooled is None:

@@ -130,6 +130,12 @@ class OnnxEngine:
         for name, value in zip(self.adapter_inputs, self._bound):
             self.binding.bind_ortvalue_input(name, value)   # bound once: a run passes only the tokens
 
+    def warm_up(self) -> None:
+        """One short pass: the first run allocates ~160 MB once (kernel buffers), here rather than
+        on a request, and before the stub hands its free heap back."""
+        ids = np.ones((1, 8), np.int64)
+        self.forward(ids, np.ones_like(ids))
+
     def forward(self, input_ids, attention_mask) -> np.ndarray:
         # bind_cpu_input binds the array's memory without a reference: keep both alive until the run ends
         ids = np.ascontiguousarray(input_ids, np.int64)

@@ -24,6 +24,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: {graph.name}: {why}")
         engine = OnnxEngine(ort_session(graph, int(params["threads"])), int(params["vocab_size"]),
                             version / ADAPTER_FILE)
+        engine.warm_up()
         self.step = EncoderStep(pb_utils, engine, NumpyTensors(pb_utils), int(params["token_budget"]),
                                 ModelLimits.load(params).max_length, args["model_name"],
                                 args.get("model_instance_name", ""), float(params["max_padding"]))
