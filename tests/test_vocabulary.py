@@ -96,8 +96,12 @@ def test_a_multilingual_corpus_agrees(converted, llama3, reference_bpe):
         _agree(converted, llama3, reference_bpe, text)
 
 
+# Unassigned code points (Cn, by this Python's Unicode 14 tables) are left out: whether one is a
+# letter (\p{L}) depends on each regex engine's Unicode version, so the three implementations split
+# them differently and none is wrong: '\U000323b0:A' (a Unicode 15 letter, found by a clean-clone make test) is one word
+# and ':A' for the `regex` module, punctuation ':' and 'A' for tokenizers' engine.
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200))
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cn")), max_size=200))
 def test_random_unicode_agrees_and_round_trips(converted, llama3, reference_bpe, text):
     _agree(converted, llama3, reference_bpe, text)
     assert converted.decode(converted.encode(text, add_special_tokens=False).ids, skip_special_tokens=False) == text
