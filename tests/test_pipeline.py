@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,13 +300,10 @@ print(before, anon_mb())
 """
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status") or os.uname().sysname != "Linux", reason="glibc on Linux")
-def test_freed_heap_goes_back_to_the_system(tmp_path):
-    """What a tokenizer's parse or an engine's passes free is returned, not kept resident for good."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim, /proc")
+def test_freed_heap_goes_back_to_the_system():
+    """What a tokenizer's parse or an engine's passes free is returned, not kept resident for good
+    (in a fresh process: this one's heap is whatever the tests before left)."""
     import jina_triton_pipeline
 
     root = str(Path(jina_triton_pipeline.__file__).resolve().parent.parent)

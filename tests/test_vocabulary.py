@@ -97,9 +97,9 @@ def test_a_multilingual_corpus_agrees(converted, llama3, reference_bpe):
 
 
 # Unassigned code points (Cn, by this Python's Unicode 14 tables) are left out: whether one is a
-# letter (\p{L}) depends on each regex engine's Unicode version, so the three implementations split
-# them differently and none is wrong: '\U000323b0:A' (a Unicode 15 letter, found by a clean-clone make test) is one word
-# and ':A' for the `regex` module, punctuation ':' and 'A' for tokenizers' engine.
+# letter (\p{L}) depends on each regex engine's Unicode version, so the implementations split them
+# differently and none is wrong. Found by a clean-clone make test: '\U000323b0:A' (a Unicode 15
+# letter) is that letter and ':A' for the `regex` module, it and ':' then 'A' for tokenizers' engine.
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cn")), max_size=200))
 def test_random_unicode_agrees_and_round_trips(converted, llama3, reference_bpe, text):
