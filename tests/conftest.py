@@ -97,6 +97,23 @@ def serve_test_repository(tmp_path_factory, name, checkpoint, cache, reference, 
         yield triton
 
 
+def linked_copy(source: Path, target: Path) -> Path:
+    """A copy of a built tree that costs no disk: a tiny repository's four encoder folders hard-link one
+    ~900 MB engine, which a plain copytree writes out four times (3.4 GB).
+    Files over 1 MiB become hard links, so a test must unlink one before changing it; small ones are
+    copied and free to edit."""
+    import shutil
+
+    def link_or_copy(src, dst):
+        if os.path.getsize(src) > 1 << 20:
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(Path(source).resolve(), target, copy_function=link_or_copy)
+    return target
+
+
 def system_tool(command: str, *packages: str) -> str | None:
     """`command`'s path, installing Debian `packages` for it when it is missing and apt-get may run
     (root: CI's machine kind); None when it cannot be had."""

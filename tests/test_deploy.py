@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, free_port, linked_copy
 
 DOCKER = REPO_ROOT / "docker"
 KUBERNETES = DOCKER / "kubernetes"
@@ -312,10 +312,8 @@ def test_no_container_of_the_pod_sees_the_servers_processes():
 @pytest.fixture
 def read_only_copy(tiny_repository, tmp_path):
     """A built repository on a read-only mount, as the Deployment mounts /models."""
-    import shutil
-
     source, mounted = tmp_path / "source", tmp_path / "models"
-    shutil.copytree(Path(tiny_repository).resolve(), source)
+    linked_copy(tiny_repository, source)
     mounted.mkdir()
     try:
         subprocess.run(["mount", "--bind", str(source), str(mounted)], check=True, capture_output=True)

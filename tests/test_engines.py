@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, sample_texts
+from conftest import REPO_ROOT, linked_copy, sample_texts
 from jina_triton_build.engines import ENGINE_FILES, build_engines, ort_session, run_session, task_graph
 from jina_triton_client.contract import TASKS
 from jina_triton_pipeline.internals import encoder_name
@@ -90,12 +90,11 @@ def test_second_build_reuses_engines(tiny_checkpoint, reference, engine_cache, f
 def test_a_damaged_engine_is_rebuilt_and_a_crashed_build_leaves_nothing(tmp_path, tiny_checkpoint, reference,
                                                                         fp32_engines):
     """Crash-safe cache: a file that no longer matches its digest is rebuilt; partial files never count."""
-    import shutil
-
-    cache = tmp_path / "cache"
-    shutil.copytree(fp32_engines.directory.parent.parent, cache)
+    cache = linked_copy(fp32_engines.directory.parent.parent, tmp_path / "cache")
     engines = build_engines(tiny_checkpoint, "fp32", cache, reference=reference)
     path = engines.files()[1]  # the weights
+    shutil.copyfile(path, path.with_name("private"))  # not through the hard link
+    path.with_name("private").replace(path)
     with open(path, "r+b") as file:  # a torn write in the middle
         file.seek(path.stat().st_size // 2)
         file.write(b"\0" * 4096)
@@ -111,10 +110,7 @@ def test_a_damaged_engine_is_rebuilt_and_a_crashed_build_leaves_nothing(tmp_path
 
 def test_concurrent_builds_share_one_export(tmp_path, tiny_checkpoint_dir, fp32_engines):
     """Two builds of one checkpoint at once: the second waits for the first and reuses its engines."""
-    import shutil
-
-    cache = tmp_path / "cache"
-    shutil.copytree(fp32_engines.directory.parent.parent, cache)
+    cache = linked_copy(fp32_engines.directory.parent.parent, tmp_path / "cache")
     entry = next((cache / "engines").iterdir())
     report = json.loads((entry / "report.json").read_text())
     report["fp32"]["digests"]["backbone.onnx"] = "stale"  # force one re-export
@@ -160,7 +156,7 @@ def test_prepacked_weights_serve_only_the_machine_they_were_laid_out_for(tmp_pat
     portable = OnnxEngine(ort_session(version / ENGINE_FILES["fp32"]), 0, version / ADAPTER_FILE).forward(ids, mask)
     assert min_cosine(packed, portable) >= 0.99999
     moved = tmp_path / "moved"
-    shutil.copytree(version, moved)
+    linked_copy(version, moved)
     (moved / PREPACKED_STAMP).write_text(json.dumps({**machine_key(), "isa": ["sse4_1"]}))
     graph, why = serving_graph(moved, ENGINE_FILES["fp32"])
     assert graph == moved / ENGINE_FILES["fp32"] and "laid out for" in why and "rebuild the repository" in why

@@ -171,15 +171,14 @@ def test_a_compiled_cuda_encoder_matches_eager_and_passes_its_gate(tmp_path, tin
 def test_an_encoder_below_its_parity_gate_stays_unloaded_and_the_rest_serve(tmp_path, cuda_repository):
     """A corrupted adapter weight in a built repository: that encoder refuses to load (the log says
     why), its ensemble with it; the server comes up and serves the three other tasks."""
-    import shutil
-
     from safetensors.torch import load_file, save_file
 
+    from conftest import linked_copy
     from jina_triton_client import EmbeddingClient, EmbeddingError, RetryPolicy
     from jina_triton_serving.triton_process import TritonServer
 
     repository = tmp_path / "repository"
-    shutil.copytree(cuda_repository.resolve(), repository)
+    linked_copy(cuda_repository, repository)
     adapter = repository / "encoder_clustering" / "1" / "adapter.safetensors"
     weights = load_file(str(adapter))
     first = next(key for key in sorted(weights) if ".lora_B." in key)

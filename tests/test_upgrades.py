@@ -5,7 +5,6 @@ recorded point. No request fails in either."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import urllib.request
@@ -13,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import build_test_repository
+from conftest import build_test_repository, linked_copy
 from jina_triton_client import EmbeddingClient, RetryPolicy
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -99,7 +98,7 @@ def test_a_new_encoder_version_loads_beside_the_old_then_replaces_it(tmp_path, t
         old = client.embed(PROBE, task="retrieval")
         new = client.embed(PROBE, task="clustering")  # version 2 of encoder_retrieval: another adapter's engine
         assert np.sum(old * new, axis=1).max() < 0.99
-        shutil.copytree(repository / "encoder_clustering" / "1", repository / "encoder_retrieval" / "2")
+        linked_copy(repository / "encoder_clustering" / "1", repository / "encoder_retrieval" / "2")
 
         def admin(action, key="the-admin-key"):
             request = urllib.request.Request(f"{gw.url}/admin/models/encoder_retrieval/{action}", data=b"",
