@@ -3,6 +3,7 @@ encoder, engines, repositories and servers."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -102,23 +103,21 @@ def linked_copy(source: Path, target: Path) -> Path:
     ~900 MB engine, which a plain copytree writes out four times (3.4 GB).
     Files over 1 MiB become hard links, so a test must unlink one before changing it; small ones are
     copied and free to edit."""
-    import shutil
+    from jina_triton_build.repository import link_or_copy
 
-    def link_or_copy(src, dst):
+    def link_big_ones(src, dst):
         if os.path.getsize(src) > 1 << 20:
-            os.link(src, dst)
+            link_or_copy(Path(src), Path(dst))
         else:
             shutil.copy2(src, dst)
 
-    shutil.copytree(Path(source).resolve(), target, copy_function=link_or_copy)
+    shutil.copytree(Path(source).resolve(), target, copy_function=link_big_ones)
     return target
 
 
 def system_tool(command: str, *packages: str) -> str | None:
     """`command`'s path, installing Debian `packages` for it when it is missing and apt-get may run
     (root: CI's machine kind); None when it cannot be had."""
-    import shutil
-
     found = shutil.which(command)
     if found or os.geteuid() != 0 or not shutil.which("apt-get"):
         return found

@@ -58,7 +58,8 @@ def test_synthesis_is_seeded(tmp_path, tiny_checkpoint_dir):
     assert open_checkpoint(again).fingerprint == open_checkpoint(tiny_checkpoint_dir).fingerprint
 
 
-def _linked_copy(source, target):
+def _symlinked_copy(source, target):
+    """Every file a symlink into `source`, as the HF cache lays a snapshot out."""
     shutil.copytree(source, target, copy_function=os.symlink)
     return target
 
@@ -71,7 +72,7 @@ def _replace_json(path, **changes):
 
 
 def test_missing_adapter(tmp_path, tiny_checkpoint_dir):
-    broken = _linked_copy(tiny_checkpoint_dir, tmp_path / "c")
+    broken = _symlinked_copy(tiny_checkpoint_dir, tmp_path / "c")
     shutil.rmtree(broken / ADAPTERS_DIR / "clustering")
     with pytest.raises(CheckpointError, match="no adapter for task 'clustering'"):
         open_checkpoint(broken)
@@ -81,7 +82,7 @@ def test_wrong_adapter_shape(tmp_path, tiny_checkpoint_dir):
     import torch
     from safetensors.torch import load_file, save_file
 
-    broken = _linked_copy(tiny_checkpoint_dir, tmp_path / "c")
+    broken = _symlinked_copy(tiny_checkpoint_dir, tmp_path / "c")
     file = broken / ADAPTERS_DIR / "retrieval" / "adapter_model.safetensors"
     tensors = load_file(file)
     key = "base_model.model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -93,14 +94,14 @@ def test_wrong_adapter_shape(tmp_path, tiny_checkpoint_dir):
 
 
 def test_wrong_backbone_shape(tmp_path, tiny_checkpoint_dir):
-    broken = _linked_copy(tiny_checkpoint_dir, tmp_path / "c")
+    broken = _symlinked_copy(tiny_checkpoint_dir, tmp_path / "c")
     _replace_json(broken / "config.json", intermediate_size=2048)
     with pytest.raises(CheckpointError, match="does not match config.json: wrong shapes"):
         open_checkpoint(broken)
 
 
 def test_unknown_task_in_config(tmp_path, tiny_checkpoint_dir):
-    broken = _linked_copy(tiny_checkpoint_dir, tmp_path / "c")
+    broken = _symlinked_copy(tiny_checkpoint_dir, tmp_path / "c")
     _replace_json(broken / "config.json", task_names=list(TASKS) + ["summarization"])
     with pytest.raises(CheckpointError, match="unknown task 'summarization'"):
         open_checkpoint(broken)
@@ -112,14 +113,14 @@ def test_unknown_task_requested(tiny_checkpoint):
 
 
 def test_missing_tokenizer(tmp_path, tiny_checkpoint_dir):
-    broken = _linked_copy(tiny_checkpoint_dir, tmp_path / "c")
+    broken = _symlinked_copy(tiny_checkpoint_dir, tmp_path / "c")
     (broken / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match="has no tokenizer.json"):
         open_checkpoint(broken)
 
 
 def test_missing_weights_and_config(tmp_path, tiny_checkpoint_dir):
-    broken = _linked_copy(tiny_checkpoint_dir, tmp_path / "c")
+    broken = _symlinked_copy(tiny_checkpoint_dir, tmp_path / "c")
     (broken / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="has no model.safetensors"):
         open_checkpoint(broken)
@@ -151,7 +152,7 @@ def test_repo_id_offline_without_cache_says_what_to_do(tmp_path):
 def test_repo_id_resolves_through_the_hf_cache(tmp_path, tiny_checkpoint_dir):
     repo = tmp_path / "hf" / "hub" / ("models--" + MODEL_REPO_ID.replace("/", "--"))
     revision = "8a7f00aac812071b69403df470f1038ec85f8925"
-    _linked_copy(tiny_checkpoint_dir, repo / "snapshots" / revision)
+    _symlinked_copy(tiny_checkpoint_dir, repo / "snapshots" / revision)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     result = _open_offline(tmp_path / "hf", MODEL_REPO_ID)

@@ -93,6 +93,7 @@ def test_a_damaged_engine_is_rebuilt_and_a_crashed_build_leaves_nothing(tmp_path
     cache = linked_copy(fp32_engines.directory.parent.parent, tmp_path / "cache")
     engines = build_engines(tiny_checkpoint, "fp32", cache, reference=reference)
     path = engines.files()[1]  # the weights
+    shared = fp32_engines.files()[1]
     shutil.copyfile(path, path.with_name("private"))  # not through the hard link
     path.with_name("private").replace(path)
     with open(path, "r+b") as file:  # a torn write in the middle
@@ -106,6 +107,7 @@ def test_a_damaged_engine_is_rebuilt_and_a_crashed_build_leaves_nothing(tmp_path
     reused = []
     build_engines(tiny_checkpoint, "fp32", cache, progress=reused.append, reference=reference)
     assert any("reused" in m for m in reused)
+    assert fp32_engines.entry.intact(shared, fp32_engines.report["fp32"]["digests"][shared.name])  # the copy's source
 
 
 def test_concurrent_builds_share_one_export(tmp_path, tiny_checkpoint_dir, fp32_engines):
