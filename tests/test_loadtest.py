@@ -79,7 +79,15 @@ def test_overload_refuses_fast_and_loses_nothing(tiny_repository, tmp_path):
     assert [s.get("factor") for s in summary["steps"]] == [None, 2, 4] and summary["alive_after"]
     for step in summary["steps"]:
         assert step["lost"] == 0 and step["failures"] == 0 and step["admitted"] > 0
-    assert summary["steps"][-1]["refused"] > 0  # 4x the saturation rate cannot all be admitted
+    saturation = summary["saturation_requests_per_s"]
+    overloaded = [step for step in summary["steps"][1:] if step["sent_per_s"] > 1.5 * saturation]
+    # the generator shares the 2 cores and may fall short of 4x (a caveat, not a failure), but it
+    # must have overloaded the server somewhere, and wherever it did, the excess was refused
+    assert overloaded, summary["caveats"]
+    for step in overloaded:
+        assert step["refused"] > 0, step
+    for caveat in summary["caveats"]:
+        assert "open-loop generator sent" in caveat
 
 
 def test_the_locustfile_runs_as_locust_users_run_it(triton, tmp_path):
