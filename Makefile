@@ -66,9 +66,10 @@ bench: $(STAMP)
 	$(BIN)/jina-triton bench --preset full --out $(ARTIFACTS)/bench $(BENCH_ARGS)
 
 # The cpu serving defaults by measurement: token budget, padding, instances x threads (README table).
+SWEEP_ARGS ?=
 .PHONY: bench-sweep
 bench-sweep: $(STAMP)
-	$(BIN)/jina-triton sweep --preset full --out $(ARTIFACTS)/sweep
+	$(BIN)/jina-triton sweep --preset full --out $(ARTIFACTS)/sweep $(SWEEP_ARGS)
 
 # Load tests (locust): sweep | soak | fault | overload on a server this run starts (PRESET=tiny|full;
 # overload defaults to the full replica), or on a running one (LOADTEST_ARGS="--url HOST:PORT ...").

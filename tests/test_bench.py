@@ -42,7 +42,13 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
         assert run["runs"] == (1 if name.startswith("reference") else 2) and (run["spread"] is None) == (run["runs"] == 1)
     machine = report["machine"]
     assert machine["cpu"]["model"] and machine["matmul_peak_gflops"] > 1 and "avx2" in machine["cpu"]["flags"]
-    assert len(report["packings"]["fp32"]) == 5
+    from jina_triton_tools.bench import PACKINGS, PROCESS_PACKINGS
+
+    for precision in ("fp32", "int8"):  # one process on each packing, two sharing the cores as the instances do
+        ways = report["packings"][precision]
+        assert len(ways) == len(PACKINGS) + len(PROCESS_PACKINGS) and all(v > 0 for v in ways.values()), ways
+        assert sum(label.startswith("2 processes sharing the cores") for label in ways) == len(PROCESS_PACKINGS)
+        assert report["results"][f"engine-{precision}"]["note"].split(": ", 1)[1].split(" (")[0] in ways
     for name in ("fp32", "int8", "fp32 --tasks retrieval"):
         processes = report["memory"][name]["after load"]["by_process_mb"]
         assert processes["tritonserver"] > 0 and processes["encoder_retrieval"] > 0, processes

@@ -114,6 +114,33 @@ def test_a_cancelled_request_costs_no_compute(encoder, monkeypatch):
     assert passes == [(1, 2)]  # one pass, with the live request's one row of two tokens only
 
 
+def test_a_cpu_encoder_pass_beside_another_runs_on_one_thread_with_the_same_states(tiny_repository, monkeypatch):
+    """A pass that starts while another encoder process runs one takes the 1-thread session (core_share.py):
+    the same states; alone it takes the wide one."""
+    import os
+    import sys
+
+    from jina_triton_pipeline.core_share import PassRegistry
+
+    encoder = load_model(tiny_repository / "encoder_retrieval")
+    engine = encoder.step.engine
+    assert set(engine.bindings) == {"wide", "narrow"} and engine.registry.folder is not None
+    request = _ids([5, 6, 7, 128001], [9, 10, 11, 128001])  # one pass of two rows
+    counted = []
+    monkeypatch.setattr(encoder.step.metrics, "passes", counted.append)  # what the metric is told per execute
+    alone = encoder.execute([Request(request)])[0].outputs["pooled_state"]
+    other = PassRegistry(engine.registry.folder, f"{os.getpid()}-other-stub")
+    monkeypatch.setattr(sys.modules[type(engine.registry).__module__], "RELIST_S", 0.0)  # it sees the new one now
+    try:
+        with other.running():
+            beside = encoder.execute([Request(request)])[0].outputs["pooled_state"]
+    finally:
+        other.close()
+    assert counted == [{"wide": 1, "narrow": 0}, {"wide": 0, "narrow": 1}]
+    np.testing.assert_allclose(beside, alone, rtol=1e-5, atol=1e-6)
+    engine.registry.close()
+
+
 @pytest.fixture(scope="module")
 def postprocess(tiny_repository):
     return load_model(tiny_repository / "postprocess")

@@ -79,7 +79,8 @@ def test_built_configs_parse(tiny_repository):
     models |= {name(task) for task in contract.TASKS for name in (internals.encoder_name, contract.ensemble_name)}
     assert set(configs) == models
     encoder = configs["encoder_retrieval"]
-    assert encoder.max_batch_size == 64 and encoder.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert encoder.max_batch_size == 64 and encoder.dynamic_batching.max_queue_delay_microseconds == 0
+    assert encoder.parameters["fixed_threads"].string_value == "False"
     assert all(tensor.allow_ragged_batch for tensor in encoder.input)
     assert encoder.dynamic_batching.default_queue_policy.max_queue_size == 256
     assert configs["preprocess"].parameters["max_length"].string_value == "64"
@@ -119,7 +120,10 @@ def test_instance_counts_and_batching_follow_the_target_and_the_machine():
     gpu = BuildOptions(target="cuda").resolved(cores=16)
     assert (gpu.preprocess_instances, gpu.postprocess_instances, gpu.encoder_instances) == (12, 4, 1)
     assert (gpu.encoder_max_rows, gpu.token_budget, gpu.max_padding) == (1024, 32768, 1.25)
+    assert (gpu.queue_delay_us, gpu.preprocess_queue_delay_us) == (2000, 500)
     cpu = BuildOptions().resolved(cores=16)
     assert (cpu.preprocess_instances, cpu.postprocess_instances, cpu.encoder_instances) == (1, 1, 2)
-    assert (cpu.encoder_max_rows, cpu.token_budget, cpu.max_padding) == (64, 2048, 1.10)
+    assert (cpu.encoder_max_rows, cpu.token_budget, cpu.max_padding) == (64, 512, 1.10)
+    assert (cpu.queue_delay_us, cpu.preprocess_queue_delay_us, cpu.fixed_threads) == (0, 0, False)
+    assert BuildOptions(queue_delay_us=300).resolved().queue_delay_us == 300
     assert BuildOptions(target="cuda", preprocess_instances=3).resolved(cores=64).preprocess_instances == 3

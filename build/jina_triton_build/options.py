@@ -23,10 +23,11 @@ DEFAULT_PRECISION = {"cpu": "fp32", "cuda": "fp16", "tensorrt": "fp16"}
 # budget and 1.25, the mixed workload packs into ~19k-token passes at 1.12 padded/real (a packing
 # simulation, `jina-triton gpu-check` prints it; GPU speed itself is unmeasured here).
 CPU_MAX_PADDING, GPU_MAX_PADDING = MAX_PADDING, 1.25
-# The cpu defaults come from `make bench-sweep` on this machine kind (README, "CPU defaults"): budgets
-# of 1,024-8,192 served within 4 % of each other, 2,048 the best; 2 encoder instances x 2 threads beat
-# 1 x 2 by 19 % and 2 x 1 by 16 %; one preprocess instance served as fast as two, 155 MB less
-CPU_TOKEN_BUDGET = 2048
+# The cpu defaults come from `make bench-sweep` on this machine kind (README, "CPU defaults"): with a
+# pass beside another on one thread (fixed_threads off: +13 % fp32, +18 % int8 at 2,048), a budget of
+# 512 served the most (fp32 +10 % over 2,048, int8 +12 %); 2 encoder instances x 2 threads; no batching
+# windows (the same tokens/s, a lone query 2.5 ms sooner); one preprocess instance as fast as two
+CPU_TOKEN_BUDGET = 512
 
 # The templates (model_repository/<name>/config.pbtxt.tmpl) an option is rendered into.
 PYTHON_MODELS = ("preprocess", "encoder_onnx", "encoder_torch", "postprocess")
@@ -66,11 +67,13 @@ class BuildOptions:
                                  templates=EVERY_MODEL[:-1])
     queue_timeout_us: int = option(60_000_000, "microseconds a request may wait in a model's queue "
                                    "(a client's shorter timeout wins)", templates=EVERY_MODEL[:-1])
-    queue_delay_us: int = option(2000, "encoder dynamic-batching window in microseconds", templates=ENCODERS,
-                                 minimum=0)
-    preprocess_queue_delay_us: int = option(500, "preprocess dynamic-batching window in microseconds",
-                                            templates=("preprocess",), minimum=0)
-    token_budget: int | None = option(None, "padded tokens per encoder forward pass (default 2048 on cpu, "
+    queue_delay_us: int | None = option(None, "encoder dynamic-batching window in microseconds (default 0 on cpu, "
+                                        "where requests meet in the queue while the instances are busy and a "
+                                        "lone query waits for nothing; 2000 on a GPU)", templates=ENCODERS, minimum=0)
+    preprocess_queue_delay_us: int | None = option(None, "preprocess dynamic-batching window in microseconds "
+                                                   "(default 0 on cpu, 500 on a GPU)", templates=("preprocess",),
+                                                   minimum=0)
+    token_budget: int | None = option(None, "padded tokens per encoder forward pass (default 512 on cpu, "
                                       "where a longer text runs alone in its pass; 32768 on a GPU)",
                                       templates=("encoder_onnx", "encoder_torch"))
     max_padding: float | None = option(None, "padded / real tokens allowed in one forward pass (default 1.10 on cpu, "
@@ -84,6 +87,10 @@ class BuildOptions:
                                   "(e.g. 64,128,256,512; a pass is padded to the next; longer passes run eager); "
                                   "empty: eager", templates=("encoder_torch",), minimum=None, kind=str)
     threads: int = option(2, "CPU threads per encoder instance", templates=("encoder_onnx", "encoder_torch"))
+    fixed_threads: bool = option(False, "cpu: every encoder pass on --threads threads, even while another encoder "
+                                 "pass runs (default: such a pass takes a 1-thread session of the same weights, so "
+                                 "that busy instances never run more threads than there are cores)",
+                                 templates=("encoder_onnx",), minimum=None, kind=bool)
     encoder_instances: int = option(2, "instances per encoder (cpu: 2, so a long request never holds the "
                                     "only one; a GPU runs one)", templates=ENCODERS)
     preprocess_instances: int | None = option(None, "preprocess instances (default: 1 on cpu, where the "
@@ -111,6 +118,8 @@ class BuildOptions:
         return replace(self, precision=precision, encoder_instances=instances,
                        token_budget=self.token_budget or (32768 if gpu else CPU_TOKEN_BUDGET),
                        max_padding=self.max_padding or (GPU_MAX_PADDING if gpu else CPU_MAX_PADDING),
+                       queue_delay_us=_given(self.queue_delay_us, 2000 if gpu else 0),
+                       preprocess_queue_delay_us=_given(self.preprocess_queue_delay_us, 500 if gpu else 0),
                        encoder_max_rows=self.encoder_max_rows or (1024 if gpu else self.max_batch_size),
                        preprocess_instances=self.preprocess_instances or (min(16, max(2, cores * 3 // 4)) if gpu
                                                                           else 1),
@@ -159,6 +168,10 @@ class BuildOptions:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 def serve_limits() -> tuple[str, ...]:

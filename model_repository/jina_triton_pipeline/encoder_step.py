@@ -78,6 +78,8 @@ class EncoderStep:
         packed = run_packed(inputs, self.token_budget, self.engine.forward, passes=self.engine.passes,
                             keep=lambda k: not cancelled(requests[order[k]]), max_padding=self.max_padding)
         self.metrics.tokens(packed.computed_tokens, packed.real_tokens)
+        if hasattr(self.engine, "take_pass_counts"):
+            self.metrics.passes(self.engine.take_pass_counts())
         if packed.computed_tokens >= RELEASE_AFTER_TOKENS:  # big passes' activations, else kept for good
             release_free_memory()
         for k, index in enumerate(order):

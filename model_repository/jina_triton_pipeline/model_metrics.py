@@ -4,6 +4,7 @@ from __future__ import annotations
 TOKENS_METRIC = "jina_encoder_tokens_total"
 REQUESTS_METRIC = "jina_model_requests_total"
 MIXED_METRIC = "jina_model_mixed_executions_total"
+PASSES_METRIC = "jina_encoder_passes_total"
 OUTCOMES = {None: "ok", "INVALID_ARG": "invalid", "UNAVAILABLE": "unavailable"}
 
 
@@ -24,19 +25,29 @@ class ModelMetrics:
                          pb_utils.MetricFamily(name=REQUESTS_METRIC, kind=counter,
                                                description="Requests answered, by outcome"),
                          pb_utils.MetricFamily(name=MIXED_METRIC, kind=counter,
-                                               description="Executions whose requests got different outcomes")]
-        tokens, requests, mixed = self.families
+                                               description="Executions whose requests got different outcomes"),
+                         pb_utils.MetricFamily(name=PASSES_METRIC, kind=counter,
+                                               description="Encoder passes by session: wide (all its threads) "
+                                                           "or narrow (one thread, beside another pass)")]
+        tokens, requests, mixed, passes = self.families
         labels = {"model": model_name, "instance": instance or model_name}  # one set per stub process
         self.computed = tokens.Metric(labels={**labels, "kind": "computed"})
         self.real = tokens.Metric(labels={**labels, "kind": "real"})
         self.outcomes = {outcome: requests.Metric(labels={**labels, "outcome": outcome})
                          for outcome in (*OUTCOMES.values(), "internal")}
         self.mixed = mixed.Metric(labels=labels)
+        self.passes_by = {width: passes.Metric(labels={**labels, "session": width}) for width in ("wide", "narrow")}
 
     def tokens(self, computed: int, real: int) -> None:
         if self.enabled:
             self.computed.increment(computed)
             self.real.increment(real)
+
+    def passes(self, counts: dict[str, int]) -> None:
+        if self.enabled:
+            for width, count in counts.items():
+                if count:
+                    self.passes_by[width].increment(count)
 
     def answered(self, responses: list) -> list:
         """Count each response's outcome; returns the responses."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core_share import PassRegistry, usable_cores, wide_fits
 from .internals import ATTENTION_MASK, INPUT_IDS, POOLED_STATE
 from .packing import NumpyPasses
 
@@ -109,41 +110,68 @@ class OnnxEngine:
 
     passes = NumpyPasses
 
-    def __init__(self, session, vocab_size: int, adapter: Path | None = None):
+    def __init__(self, session, vocab_size: int, adapter: Path | None = None, narrow=None,
+                 registry: PassRegistry | None = None):
         """`session`: an ort_session of the graph (several engines may share one); `adapter`: the
-        task's adapter.npz (None for a graph with the adapter folded in)."""
+        task's adapter.npz (None for a graph with the adapter folded in); `narrow`: a 1-thread session
+        of the same graph, taken for a pass while `registry` counts too many passes running beside it
+        to run wide without more threads than cores (core_share.py)."""
         import onnxruntime as ort
 
         self.session = session
         self.vocab_size = vocab_size
+        self.registry = registry or PassRegistry(None)
         wanted = {value.name for value in self.session.get_inputs()} - {INPUT_IDS, ATTENTION_MASK}
         self.adapter_inputs = load_adapter(adapter) if wanted else {}
         if set(self.adapter_inputs) != wanted:
             raise ValueError(f"{adapter} does not fit the graph: {len(wanted ^ set(self.adapter_inputs))} "
                              f"inputs differ")
-        self.binding = self.session.io_binding()
         # every run hands its activations back: else the arena keeps the largest pass's (GBs for one 8K
         # text) for good, in every stub (measured: no cost in tokens/s, 350 MB less after the bench's load)
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._bound = [ort.OrtValue.ortvalue_from_numpy(array) for array in self.adapter_inputs.values()]
+        # the adapter's values once in memory, bound to each session: a run passes only the tokens
+        self.bindings = {"wide": self._bind(session)}
+        if narrow is not None:
+            self.bindings["narrow"] = self._bind(narrow)
+        self.pass_counts = dict.fromkeys(self.bindings, 0)
+        self.threads, self.cores = session.get_session_options().intra_op_num_threads, usable_cores()
+
+    def _bind(self, session):
+        binding = session.io_binding()
         for name, value in zip(self.adapter_inputs, self._bound):
-            self.binding.bind_ortvalue_input(name, value)   # bound once: a run passes only the tokens
+            binding.bind_ortvalue_input(name, value)
+        return session, binding
 
     def warm_up(self) -> None:
-        """One short pass: the first run allocates ~160 MB once (kernel buffers), here rather than
-        on a request, and before the stub hands its free heap back."""
+        """One short pass on each session: the first run allocates ~160 MB once (kernel buffers),
+        here rather than on a request, and before the stub hands its free heap back."""
         ids = np.ones((1, 8), np.int64)
-        self.forward(ids, np.ones_like(ids))
+        for width in self.bindings:
+            self._run(width, ids, np.ones_like(ids))
+            self.pass_counts[width] -= 1
 
     def forward(self, input_ids, attention_mask) -> np.ndarray:
+        with self.registry.running() as others:
+            narrow = "narrow" in self.bindings and not wide_fits(others, self.threads, self.cores)
+            return self._run("narrow" if narrow else "wide", input_ids, attention_mask)
+
+    def take_pass_counts(self) -> dict[str, int]:
+        """Passes run on each session since the last call."""
+        counts, self.pass_counts = self.pass_counts, dict.fromkeys(self.bindings, 0)
+        return counts
+
+    def _run(self, width: str, input_ids, attention_mask) -> np.ndarray:
+        session, binding = self.bindings[width]
         # bind_cpu_input binds the array's memory without a reference: keep both alive until the run ends
         ids = np.ascontiguousarray(input_ids, np.int64)
         mask = np.ascontiguousarray(attention_mask, np.int64)
-        self.binding.bind_cpu_input(INPUT_IDS, ids)
-        self.binding.bind_cpu_input(ATTENTION_MASK, mask)
-        self.binding.bind_output(POOLED_STATE)
-        self.session.run_with_iobinding(self.binding, self._shrink)
-        pooled = self.binding.copy_outputs_to_cpu()[0]
+        binding.bind_cpu_input(INPUT_IDS, ids)
+        binding.bind_cpu_input(ATTENTION_MASK, mask)
+        binding.bind_output(POOLED_STATE)
+        session.run_with_iobinding(binding, self._shrink)
+        pooled = binding.copy_outputs_to_cpu()[0]
+        self.pass_counts[width] += 1
         del ids, mask
         return pooled

@@ -134,7 +134,7 @@ def cmd_sweep(args) -> int:
     out = Path(args.out)
     checkpoint = synthetic_checkpoint(out / f"checkpoint-synthetic-{args.preset}", args.preset, progress=_step)
     print(sweep_markdown(run_sweep(checkpoint, out, Path(args.cache_dir) if args.cache_dir else None, args.texts,
-                                   args.concurrency, progress=_step)))
+                                   args.concurrency, progress=_step, rounds=args.rounds, precision=args.precision)))
     return 0
 
 
@@ -218,6 +218,8 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--texts", type=int, default=128)
     sweep.add_argument("--concurrency", type=int, default=8)
     sweep.add_argument("--cache-dir")
+    sweep.add_argument("--rounds", type=int, default=2, help="times every candidate is served, in turn (hosts drift)")
+    sweep.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     sweep.set_defaults(run=cmd_sweep)
     check = commands.add_parser("gpu-check", help="the GPU check: cuda target, parity, throughput sweep")
     gpu_check_arguments(check)

@@ -14,6 +14,7 @@ figures vary by host, the ratios hold. Speed is reported here, never asserted in
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,8 @@ SHORT_QUERY = "how do I reset my router?"
 REPEATS_SHORT = 15
 # (token budget, padding bound) per engine candidate; (0, 0): one text per pass
 PACKINGS = ((0, 0.0), (1024, MAX_PADDING), (2048, MAX_PADDING), (4096, MAX_PADDING), (8192, MAX_PADDING))
+# the same in as many engine processes as the served encoder has instances
+PROCESS_PACKINGS = ((0, 0.0), (512, MAX_PADDING), (2048, MAX_PADDING))
 SUBSET_TASKS = "retrieval"  # the one-task server whose memory the report shows beside all four
 # What the report puts beside this run: `make bench` before the shared backbone (issue 23's run on
 # this machine kind: four merged exports, two instances of each encoder, token budget 8192)
@@ -62,6 +66,19 @@ class Run:
     in_stub_ms: float | None = None                  # the encoder's own compute_infer per short query
     flops: float = 0.0                               # useful work of one repeat
     note: str = ""
+    short_samples: list = field(default_factory=list)    # short_query_ms of each repeat; the median is kept
+    in_stub_samples: list = field(default_factory=list)
+
+    def absorb(self, other: "Run") -> "Run":
+        """`other` as one more repeat of this run (the first repeat's latencies and tokens stay)."""
+        if other is not self:
+            self.seconds += other.seconds
+        for samples, value in ((self.short_samples, other.short_query_ms), (self.in_stub_samples, other.in_stub_ms)):
+            if value is not None:
+                samples.append(value)
+        self.short_query_ms = statistics.median(self.short_samples) if self.short_samples else None
+        self.in_stub_ms = statistics.median(self.in_stub_samples) if self.in_stub_samples else None
+        return self
 
     def summary(self, peak_gflops: float) -> dict:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
@@ -101,47 +118,68 @@ def _chunks(lengths: np.ndarray, budget: int, padding: float) -> list[np.ndarray
     return plan_chunks(lengths, budget, padding)
 
 
-def bare_engine(engine, token_lists: list[list[int]], threads: int, repeats: int, flops: float,
-                short: list[int]) -> tuple[Run, np.ndarray, dict]:
-    """The best packing of these texts on the bare engine (an OnnxEngine); also every candidate's tokens/s."""
+@dataclass
+class EngineCandidate:
+    label: str
+    once: Callable[[], tuple[float, int, list]]   # seconds, computed tokens, each pass's ms
+    sessions: dict = field(default_factory=dict)  # processes: the passes of the last run on each session
+
+    def note(self) -> str:
+        narrow, passes = self.sessions.get("narrow", 0), sum(self.sessions.values())
+        return f" ({narrow} of {passes} passes on one thread, beside another)" if passes else ""
+
+
+def engine_candidates(engine, token_lists: list[list[int]], pooled: np.ndarray, layout: dict) -> list[EngineCandidate]:
+    """Every way the bare engine runs these texts: one process on every packing of PACKINGS, writing
+    its pooled states into `pooled`; then `layout["instances"]` processes sharing the cores as the
+    served instances do (engine_processes.py) on the packings of PROCESS_PACKINGS."""
     from jina_triton_pipeline.tokenization import right_pad
 
-    lengths = np.array([len(tokens) for tokens in token_lists])
-    pooled = np.zeros((len(token_lists), 0), np.float32)
+    from .engine_processes import run_in_processes
 
-    def once(chunks) -> tuple[float, int, list]:
-        nonlocal pooled
+    lengths = np.array([len(tokens) for tokens in token_lists])
+
+    def alone(chunks) -> tuple[float, int, list]:
         computed, latencies = 0, []
         started = time.perf_counter()
         for chunk in chunks:
             ids, mask = right_pad([token_lists[i] for i in chunk])
             chunk_started = time.perf_counter()
-            out = engine.forward(ids, mask)
+            pooled[chunk] = engine.forward(ids, mask)
             latencies.append((time.perf_counter() - chunk_started) * 1000)
-            if pooled.shape[1] == 0:
-                pooled = np.zeros((len(token_lists), out.shape[1]), np.float32)
-            pooled[chunk] = out
             computed += ids.size
         return time.perf_counter() - started, computed, latencies
 
-    short_ids = np.array([short])
-    engine.forward(short_ids, np.ones_like(short_ids))  # warm
-    candidates = {}
-    for budget, padding in PACKINGS:
-        seconds, computed, latencies = once(_chunks(lengths, budget, padding))
-        candidates[(budget, padding)] = (seconds, computed, latencies)
-    best = min(candidates, key=lambda key: candidates[key][0])
-    run = Run("engine", texts=len(token_lists), real_tokens=int(lengths.sum()), flops=flops,
-              note=f"best of {len(PACKINGS)} packings: " + (f"budget {best[0]}, padding <= {best[1]}"
-                                                             if best[0] else "one text per pass"))
-    run.seconds.append(candidates[best][0])
-    run.computed_tokens, run.latencies_ms = candidates[best][1], candidates[best][2]
-    for _ in range(repeats - 1):
-        run.seconds.append(once(_chunks(lengths, *best))[0])
-    run.short_query_ms = _median_ms(lambda: engine.forward(short_ids, np.ones_like(short_ids)))
-    tokens = {("one text per pass" if b == 0 else f"budget {b}"): round(float(lengths.sum()) / seconds, 1)
-              for (b, _), (seconds, _, _) in candidates.items()}
-    return run, pooled, tokens
+    def together(chunks, sessions: dict) -> tuple[float, int, list]:
+        passes = [[token_lists[i] for i in chunk] for chunk in chunks]
+        seconds, counts = run_in_processes(layout["graph"], layout["adapter"], engine.vocab_size, passes,
+                                           layout["instances"], layout["threads"], layout["shared"])
+        sessions.clear()
+        sessions.update(counts)
+        return seconds, sum(len(chunk) * int(lengths[chunk].max()) for chunk in chunks), []
+
+    def packing(budget, padding):
+        return f"budget {budget}, padding <= {padding}" if budget else "one text per pass"
+
+    found = [EngineCandidate(f"1 process, {packing(*pair)}", lambda pair=pair: alone(_chunks(lengths, *pair)))
+             for pair in PACKINGS]
+    for pair in PROCESS_PACKINGS if layout["instances"] > 1 else ():
+        sessions: dict = {}
+        found.append(EngineCandidate(f"{layout['instances']} processes sharing the cores, {packing(*pair)}",
+                                     lambda pair=pair, sessions=sessions: together(_chunks(lengths, *pair), sessions),
+                                     sessions))
+    return found
+
+
+def _engine_short_query(engine, short: list[int]) -> Run:
+    ids = np.array([short])
+    run = Run("engine short query")
+    run.short_query_ms = _median_ms(lambda: engine.forward(ids, np.ones_like(ids)))
+    return run
+
+
+def _add_repeat(runs: dict, name: str, one: Run) -> None:
+    runs[name] = runs.get(name, one).absorb(one)
 
 
 # -- (b) served, (c) through the gateway ---------------------------------------------
@@ -279,6 +317,7 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
     from jina_triton_pipeline.internals import encoder_name
     from jina_triton_pipeline.tokenization import TextTokenizer
 
+    from jina_triton_serving.gateway.process import GatewayProcess
     from jina_triton_serving.triton_process import TritonServer
 
     out.mkdir(parents=True, exist_ok=True)
@@ -311,27 +350,45 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
               "vocabularies": vocabularies}
     pooled, memory = {}, {}
     for precision in precisions:
-        progress(f"(a) bare {precision} engine, {len(PACKINGS)} packings")
         folder = repositories[precision] / encoder_name(task) / "1"
-        engine = OnnxEngine(ort_session(serving_graph(folder, ENGINE_FILES[precision])[0], threads),
-                            int(checkpoint.config["vocab_size"]), folder / ADAPTER_FILE)
-        run, pooled[precision], report["packings"][precision] = bare_engine(engine, rows, threads, repeats, flops,
-                                                                            short)
-        runs[f"engine-{precision}"] = run
+        graph = serving_graph(folder, ENGINE_FILES[precision])[0]
+        engine = OnnxEngine(ort_session(graph, threads), int(checkpoint.config["vocab_size"]), folder / ADAPTER_FILE)
+        layout = {"graph": graph, "adapter": folder / ADAPTER_FILE, "threads": threads,
+                  "instances": options[precision].encoder_instances, "shared": not options[precision].fixed_threads}
         started = time.perf_counter()
-        with TritonServer.on_free_ports(repositories[precision], log_file=out / f"server-{precision}.log") as server:
+        with contextlib.ExitStack() as held:
+            server = held.enter_context(TritonServer.on_free_ports(repositories[precision],
+                                                                   log_file=out / f"server-{precision}.log"))
             starts[precision]["ready_s"] = round(time.perf_counter() - started, 1)
             memory[precision] = {"idle": server_memory(server.process.pid)}
-            progress(f"(b) served {precision} ensemble")
-            runs[f"served-{precision}"] = served(server, texts, task, concurrency, repeats, flops)
+            pooled[precision] = np.zeros((len(rows), int(checkpoint.config["hidden_size"])), np.float32)
+            candidates = engine_candidates(engine, rows, pooled[precision], layout)
+            progress(f"(a) bare {precision} engine, {len(candidates)} ways to run it (the server up, idle)")
+            measured = {candidate.label: candidate.once() for candidate in candidates}
+            best = min(candidates, key=lambda candidate: measured[candidate.label][0])
+            report["packings"][precision] = {label: round(sum(map(len, rows)) / seconds, 1)
+                                             for label, (seconds, _, _) in measured.items()}
+            engine_run = Run("engine", texts=len(rows), real_tokens=sum(map(len, rows)), flops=flops,
+                             note=f"best of {len(candidates)}: {best.label}{best.note()}")
+            engine_run.seconds.append(measured[best.label][0])
+            engine_run.computed_tokens, engine_run.latencies_ms = measured[best.label][1:]
+            front = held.enter_context(GatewayProcess(server, log_file=out / f"gateway-{precision}.log")) \
+                if gateway else None
+            # engine, served and gateway in turn, each repeat: a host that drifts moves them together
+            for repeat in range(repeats):
+                if repeat:
+                    progress(f"(a) bare {precision} engine again: {best.label}")
+                    engine_run.seconds.append(best.once()[0])
+                engine_run.absorb(_engine_short_query(engine, short))
+                progress(f"(b) served {precision} ensemble, run {repeat + 1} of {repeats}")
+                one = served(server, texts, task, concurrency, 1, flops)
+                _add_repeat(runs, f"served-{precision}", one)
+                if front is not None:
+                    progress(f"(c) {precision} through the gateway, run {repeat + 1} of {repeats}")
+                    one = through_gateway(front.url, server, texts, task, concurrency, 1, flops)
+                    _add_repeat(runs, f"gateway-{precision}", one)
+            runs[f"engine-{precision}"] = engine_run
             memory[precision]["after load"] = server_memory(server.process.pid)
-            if gateway:
-                progress(f"(c) {precision} through the gateway")
-                from jina_triton_serving.gateway.process import GatewayProcess
-
-                with GatewayProcess(server, log_file=out / f"gateway-{precision}.log") as front:
-                    runs[f"gateway-{precision}"] = through_gateway(front.url, server, texts, task, concurrency,
-                                                                   repeats, flops)
     if "fp32" in precisions:
         memory[f"fp32 --tasks {SUBSET_TASKS}"] = subset_memory(checkpoint, out, cache_dir, progress, texts)
     report["memory"], report["start"] = memory, starts
