@@ -63,6 +63,25 @@ class Request:
         return self._cancelled
 
 
+FINAL = 1  # TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class SentRequest(Request):
+    """A request answered through its response sender (Triton 24.04+), which records what was sent
+    and, through `log`, in which order among every request sharing that list."""
+
+    def __init__(self, inputs: dict, log: list, **settings):
+        super().__init__(inputs, **settings)
+        self.sent, self.log = [], log
+
+    def get_response_sender(self):
+        return self
+
+    def send(self, response=None, flags=0):
+        self.sent.append((response, flags))
+        self.log.append(self)
+
+
 class Logger:
     lines: list[str] = []
 
@@ -78,6 +97,7 @@ def fake_module() -> types.ModuleType:
     module.Tensor, module.TritonError, module.InferenceResponse, module.Logger = (
         Tensor, TritonError, InferenceResponse, Logger)
     module.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)
+    module.TRITONSERVER_RESPONSE_COMPLETE_FINAL = FINAL
     return module
 
 

@@ -70,6 +70,35 @@ def test_one_backbone_serves_every_task_and_each_adapter_changes_it(fp32_engines
     assert [p.name for p in fp32_engines.files()] == [ENGINE_FILES["fp32"], ENGINE_FILES["fp32"] + ".data"]
 
 
+@pytest.mark.parametrize("input_type", ["query", "document"])
+def test_the_one_thread_session_beside_another_pass_matches_the_reference(tiny_repository, reference, tmp_path,
+                                                                          input_type):
+    """What a busy instance runs (core_share.py): the served graph on one thread, for every task, as the
+    reference computes it and as the wide session does."""
+    import os
+
+    from jina_triton_pipeline.core_share import PassRegistry
+
+    texts = sample_texts()
+    batch = reference.tokenize(texts, input_type)
+    ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    other = PassRegistry(tmp_path, f"{os.getpid()}-other")
+    for task in TASKS:
+        version = tiny_repository / encoder_name(task) / "1"
+        graph = serving_graph(version, ENGINE_FILES["fp32"])[0]
+        engine = OnnxEngine(ort_session(graph, 2), 0, version / ADAPTER_FILE, narrow=ort_session(graph, 1),
+                            registry=PassRegistry(tmp_path, f"{os.getpid()}-{task}"))
+        wide = engine.forward(ids, mask)
+        with other.running():
+            narrow = engine.forward(ids, mask)
+        assert engine.take_pass_counts() == {"wide": 1, "narrow": 1}
+        np.testing.assert_allclose(narrow, wide, atol=1e-5)
+        for dims in (32, 256, 768):
+            want = reference.encode(texts, task, input_type, dimensions=dims)
+            assert np.sum(matryoshka(narrow, dims) * want, axis=1).min() >= 0.99999, (task, dims)
+        engine.registry.close()
+
+
 @pytest.mark.parametrize("task", ["retrieval", "classification"])
 def test_a_folded_task_graph_equals_the_shared_one(tmp_path, fp32_engines, task):
     """TensorRT takes one graph per task, the adapter folded in as weights: the same function."""

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from fake_triton import Logger, Request, load_model, texts
+from fake_triton import FINAL, Logger, Request, SentRequest, load_model, texts
 
 LEAKS = re.compile(r"Traceback|File \"|\.py|/|<class|\b[A-Z]\w*(Error|Exception)\b")
 
@@ -112,6 +112,25 @@ def test_a_cancelled_request_costs_no_compute(encoder, monkeypatch):
     assert responses[0].error.code() == "UNAVAILABLE" and "cancelled" in responses[0].error.message()
     assert responses[1].error is None
     assert passes == [(1, 2)]  # one pass, with the live request's one row of two tokens only
+
+
+def test_each_request_is_answered_when_its_rows_are_done(tiny_repository, monkeypatch):
+    """Through response senders, a short request batched with a long one is answered before the long
+    one's pass runs; each request gets one final response; a bad one is answered at once."""
+    encoder = load_model(tiny_repository / "encoder_retrieval")
+    log, passes = [], []
+    forward = encoder.step.engine.forward
+    monkeypatch.setattr(encoder.step.engine, "forward",
+                        lambda ids, mask: passes.append((ids.shape, len(log))) or forward(ids, mask))
+    long, bad, short = (SentRequest(_ids([5] * 40 + [128001]), log), SentRequest(_ids([-1, 128001]), log),
+                        SentRequest(_ids([7, 128001]), log))
+    assert encoder.execute([long, bad, short]) is None  # every answer went through its sender
+    assert log == [bad, short, long] and passes == [((1, 2), 1), ((1, 41), 2)]
+    for request in (long, bad, short):
+        assert len(request.sent) == 1 and request.sent[0][1] == FINAL
+    assert short.sent[0][0].outputs["pooled_state"].shape == (1, 768) and bad.sent[0][0].error.code() == "INVALID_ARG"
+    np.testing.assert_allclose(short.sent[0][0].outputs["pooled_state"],
+                               encoder.execute([Request(_ids([7, 128001]))])[0].outputs["pooled_state"], atol=1e-5)
 
 
 def test_a_cpu_encoder_pass_beside_another_runs_on_one_thread_with_the_same_states(tiny_repository, monkeypatch):

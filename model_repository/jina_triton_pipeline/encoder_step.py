@@ -53,8 +53,8 @@ class EncoderStep:
         self.metrics = ModelMetrics(pb_utils, model_name, instance)
         release_free_memory()  # what loading and warming up the engine left behind (call warm_up first)
 
-    def execute(self, requests) -> list:
-        responses: list = [None] * len(requests)
+    def execute(self, requests) -> list | None:
+        replies = Replies(self.pb, requests, early=getattr(self.engine.passes, "on_host", False))
         inputs = {}
         for index, request in enumerate(requests):
             try:
@@ -62,31 +62,69 @@ class EncoderStep:
                 check_token_batch(ids, mask, self.engine.vocab_size, self.max_length)
                 inputs[index] = (ids, mask)
             except Exception as exc:  # noqa: BLE001 - a bad request fails alone
-                responses[index] = error_response(self.pb, exc, request)
+                replies.answer(index, error_response(self.pb, exc, request))
         order = list(inputs)
         try:
-            self._answer(requests, order, [inputs[i] for i in order], responses)
+            self._answer(requests, order, [inputs[i] for i in order], replies)
         except Exception:  # noqa: BLE001 - rerun one by one so that only the culprit fails
-            for index in order:
+            for index in (i for i in order if replies.pending(i)):
                 try:
-                    self._answer(requests, [index], [inputs[index]], responses)
+                    self._answer(requests, [index], [inputs[index]], replies)
                 except Exception as exc:  # noqa: BLE001
-                    responses[index] = error_response(self.pb, exc, requests[index])
-        return self.metrics.answered(responses)
+                    replies.answer(index, error_response(self.pb, exc, requests[index]))
+        self.metrics.answered(replies.responses)
+        return replies.returned()
 
-    def _answer(self, requests, order: list[int], inputs: list, responses: list) -> None:
+    def _answer(self, requests, order: list[int], inputs: list, replies: "Replies") -> None:
+        def done(k: int, pooled, encode_us: int) -> None:
+            spent = np.full((len(pooled), 1), encode_us, np.int64)
+            replies.answer(order[k], self.pb.InferenceResponse(output_tensors=[
+                self.tensors.make(POOLED_STATE, pooled), self.tensors.make(ENCODE_US, spent)]))
+
         packed = run_packed(inputs, self.token_budget, self.engine.forward, passes=self.engine.passes,
-                            keep=lambda k: not cancelled(requests[order[k]]), max_padding=self.max_padding)
+                            keep=lambda k: not cancelled(requests[order[k]]), max_padding=self.max_padding,
+                            done=done)
         self.metrics.tokens(packed.computed_tokens, packed.real_tokens)
         if hasattr(self.engine, "take_pass_counts"):
             self.metrics.passes(self.engine.take_pass_counts())
         if packed.computed_tokens >= RELEASE_AFTER_TOKENS:  # big passes' activations, else kept for good
             release_free_memory()
         for k, index in enumerate(order):
-            pooled = packed.pooled[k]
-            if pooled is None:
-                responses[index] = error_response(self.pb, Unavailable("cancelled: the caller gave up"))
+            if not replies.pending(index):
                 continue
-            spent = np.full((len(pooled), 1), packed.encode_us[k], np.int64)
-            responses[index] = self.pb.InferenceResponse(output_tensors=[
-                self.tensors.make(POOLED_STATE, pooled), self.tensors.make(ENCODE_US, spent)])
+            if packed.pooled[k] is None:
+                replies.answer(index, error_response(self.pb, Unavailable("cancelled: the caller gave up")))
+            else:
+                done(k, packed.pooled[k], packed.encode_us[k])
+
+
+class Replies:
+    """One response per request of an execute. Where the backend lets a model answer before its
+    execute returns (a request's response sender, Python backend of Triton 24.04 and later) and
+    the engine's output is on the host after each pass, each request is sent its answer as soon
+    as it is ready: a short query batched with long documents does not wait for them, and its
+    caller's next request can reach the other instance. Else the answers return together."""
+
+    def __init__(self, pb_utils, requests, early: bool):
+        self.responses: list = [None] * len(requests)
+        self.final = getattr(pb_utils, "TRITONSERVER_RESPONSE_COMPLETE_FINAL", None)
+        self.senders = None
+        if early and self.final is not None:
+            try:
+                self.senders = [request.get_response_sender() for request in requests]
+            except Exception:  # noqa: BLE001 - an older backend: answers return with the execute
+                self.senders = None
+
+    def pending(self, index: int) -> bool:
+        return self.responses[index] is None
+
+    def answer(self, index: int, response) -> None:
+        if self.responses[index] is not None:
+            return  # every request is answered once
+        self.responses[index] = response
+        if self.senders is not None:
+            self.senders[index].send(response, flags=self.final)
+
+    def returned(self) -> list | None:
+        """What execute returns: None where every answer went through its sender."""
+        return None if self.senders is not None else self.responses

@@ -49,7 +49,11 @@ class NumpyPasses:
 
     A pass builder `stage`s every request's real tokens back to back, with each row's start and
     length and the order in which the passes take the rows; `gather` builds one pass from
-    there, `scatter` puts its pooled states in place, `finish` hands the output to the host."""
+    there, `scatter` puts its pooled states in place, `finish` hands the output to the host.
+    `on_host`: the output is on the host after every pass, so a request can be answered as soon
+    as its last row is computed."""
+
+    on_host = True
 
     @staticmethod
     def lengths(mask) -> np.ndarray:
@@ -97,13 +101,16 @@ class Packed:
 
 
 def run_packed(requests: list[tuple], token_budget: int, forward: Callable, passes=NumpyPasses,
-               keep: Callable[[int], bool] = lambda index: True, max_padding: float = MAX_PADDING) -> Packed:
+               keep: Callable[[int], bool] = lambda index: True, max_padding: float = MAX_PADDING,
+               done: Callable[[int, np.ndarray, int], None] | None = None) -> Packed:
     """Run `forward(ids, mask) -> pooled [b, H]` over the rows of every request.
 
     `requests` holds (input_ids [n_i, T_i], attention_mask [n_i, T_i]) pairs, right-padded;
     the result holds one pooled array [n_i, H] per request. `keep(i)` is asked before each
     pass for the requests in it: the rows of one it turns down (cancelled, past its deadline)
-    are left out of every later pass.
+    are left out of every later pass. Where the passes leave their output on the host,
+    `done(i, pooled, encode_us)` is called as soon as request i's last row is computed (the
+    short texts of an execute come first, so their callers need not wait for its long ones).
     """
     result = Packed([None] * len(requests), [0] * len(requests))
     if not requests:
@@ -113,6 +120,9 @@ def run_packed(requests: list[tuple], token_budget: int, forward: Callable, pass
     lengths = np.concatenate(counts)
     owners = np.repeat(np.arange(len(requests)), [len(c) for c in counts])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    firsts = np.concatenate([[0], np.cumsum([len(c) for c in counts])[:-1]]).astype(np.int64)
+    rows_left = np.array([len(c) for c in counts])
+    early = done is not None and getattr(passes, "on_host", False)
     dropped: set[int] = set()
     todo = np.arange(len(lengths))
     staged, out = None, None
@@ -137,15 +147,24 @@ def run_packed(requests: list[tuple], token_budget: int, forward: Callable, pass
             result.computed_tokens += (end - begin) * longest
             result.real_tokens += int(lengths[order[begin:end]].sum())
             result.passes += 1
+            if early:
+                np.subtract.at(rows_left, owners[order[begin:end]], 1)
+                for index in np.unique(owners[order[begin:end]]).tolist():
+                    if rows_left[index] == 0:
+                        _settle(result, index, out[firsts[index]:firsts[index] + len(counts[index])].copy(),
+                                started, float(counts[index].sum()))
+                        done(index, result.pooled[index], result.encode_us[index])
             begin = end
         if not replan:
             break
     host = passes.finish(out) if out is not None else None
-    seconds = time.perf_counter() - started
-    first = 0
     for index, count in enumerate(counts):
-        if index not in dropped and host is not None:
-            result.pooled[index] = host[first:first + len(count)]
-            result.encode_us[index] = int(seconds * 1e6 * float(count.sum()) / max(1, result.real_tokens))
-        first += len(count)
+        if index not in dropped and host is not None and result.pooled[index] is None:
+            _settle(result, index, host[firsts[index]:firsts[index] + len(count)], started, float(count.sum()))
     return result
+
+
+def _settle(result: Packed, index: int, pooled, started: float, real: float) -> None:
+    """Request `index` computed: its pooled states, and its share (by real tokens) of the time so far."""
+    result.pooled[index] = pooled
+    result.encode_us[index] = int((time.perf_counter() - started) * 1e6 * real / max(1, result.real_tokens))
