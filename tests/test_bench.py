@@ -60,3 +60,20 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
     assert 0.9 < report["int8_cosine_vs_fp32"]["mean"] <= 1.0
     assert report["vocabularies"]["served"] > 0 and report["vocabularies"]["small_bpe"] > 0
     assert "| served-fp32 |" in result.stdout and "matmul peak" in result.stdout
+
+
+def test_the_sweep_serves_every_candidate_in_each_round(tmp_path, tiny_checkpoint, engine_cache, fp32_engines):
+    """`make bench-sweep` on the tiny replica: each candidate built with its options and served once per round."""
+    from jina_triton_tools.sweep import BASE, run_sweep, sweep_markdown
+
+    rows = run_sweep(tiny_checkpoint, tmp_path, engine_cache, count=8, concurrency=2, rounds=2,
+                     candidates=({}, {"fixed_threads": True, "token_budget": 2048}), progress=lambda *_: None)
+    assert [(row["fixed_threads"], row["token_budget"]) for row in rows] == [(False, BASE["token_budget"]), (True, 2048)]
+    for row in rows:
+        assert len(row["rounds_tokens_per_s"]) == 2 and all(value > 0 for value in row["rounds_tokens_per_s"])
+        assert row["short_query_ms"] > 0 and row["pss_mb"] > 0 and row["padded_ratio"] >= 1.0
+    config = (tmp_path / "repository-1" / "encoder_retrieval" / "config.pbtxt").read_text()
+    assert '"fixed_threads" value: { string_value: "True" }' in config and '"2048"' in config
+    table = sweep_markdown(rows)
+    assert table.count("\n") == 4 and "2 threads" in table and "**(best)**" in table
+    assert len(list(tmp_path.glob("sweep-fp32-*.json"))) == 1

@@ -83,7 +83,7 @@ def sweep_markdown(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         mark = " **(best)**" if row is best else ""
-        sharing = f"{row['threads']} threads" if row["fixed_threads"] or row["threads"] == 1 else "1 thread"
+        sharing = f"{row['threads']} threads" if row["fixed_threads"] and row["threads"] > 1 else "1 thread"
         rounds = ", ".join(f"{value:.0f}" for value in row["rounds_tokens_per_s"])
         split = f"{row['encoder_instances']} x {row['threads']}"
         windows = f"{row['queue_delay_us']} / {row['preprocess_queue_delay_us']}"
