@@ -59,6 +59,7 @@ def serving(tiny_repository, tmp_path_factory):
     try:
         assert _wait(lambda: "INFO try: " in log.read_text() or process.poll() is not None, 240), log.read_text()[-3000:]
         gateway = f"http://127.0.0.1:{ports['gateway']}"
+        assert _get(f"{gateway}/health")[0] == 200, "serve said ready before its gateway listened"
         assert _wait(lambda: _get(f"{gateway}/ready")[0] == 200, 120), log.read_text()[-3000:]
         yield {"process": process, "ports": ports, "log": log, "gateway": gateway}
     finally:
@@ -140,6 +141,24 @@ def test_sigterm_stops_everything(serving):
     leftover = subprocess.run(["pgrep", "-f", f"--grpc-port={serving['ports']['grpc']}"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "tritonserver outlived serve"
     assert _get(f"{serving['gateway']}/health", timeout=2)[0] is None, "the gateway outlived serve"
+
+
+def test_ready_waits_until_the_gateway_listens():
+    """serve names the gateway only once it accepts connections; a gateway that exits first is an error."""
+    from jina_triton_serving.gateway.process import wait_listening
+
+    port = free_port()
+    late = subprocess.Popen([sys.executable, "-c", "import socket, time; time.sleep(1.5); s = socket.socket(); "
+                             f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)"])
+    try:
+        started = time.monotonic()
+        wait_listening(late, "0.0.0.0", port, timeout=30)
+        assert time.monotonic() - started >= 1.4
+    finally:
+        late.kill()
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(RuntimeError, match="exited with code 3"):
+        wait_listening(dead, "127.0.0.1", free_port(), timeout=30)
 
 
 def test_serve_gives_up_after_its_restarts_a_minute(tiny_repository, tmp_path):

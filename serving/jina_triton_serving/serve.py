@@ -23,7 +23,7 @@ from jina_triton_client.contract import ensemble_name, task_list
 from jina_triton_models.layout import read_manifest
 from jina_triton_pipeline.internals import task_models
 
-from .gateway.process import gateway_command
+from .gateway.process import gateway_command, wait_listening
 from .settings import ADMIN_KEY_ENV, API_KEY_ENV, LOCK_KEY_ENV, STATUS_FILE_ENV, ServeOptions
 from .supervisor import StubSupervisor
 from .triton_process import ServeError, TritonServer, die_with_parent
@@ -160,6 +160,12 @@ def serve(repository: Path, settings: ServeOptions) -> int:
             if settings.gateway and gateway is None:
                 gateway = start_gateway(settings, server, status.path, effective_limits(manifest, settings.limits),
                                         tasks)
+                try:  # "ready" only once the gateway it names answers
+                    wait_listening(gateway, settings.gateway_host, settings.gateway_port)
+                except RuntimeError as exc:
+                    gateway.kill()
+                    server.stop()
+                    raise ServeError(str(exc)) from None
                 log.info("gateway: http%s://%s:%d/v1/embeddings", "s" if settings.gateway_tls_cert else "",
                          settings.gateway_host, settings.gateway_port)
             log.info("ready: gRPC %s, HTTP http://%s, metrics %s", server.grpc_url, server.http_url, server.metrics_url)

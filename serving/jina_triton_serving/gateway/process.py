@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from ..settings import LOCK_KEY_ENV
@@ -16,6 +14,24 @@ from ..triton_process import die_with_parent, free_port
 def gateway_command(triton: str, *args: str) -> list[str]:
     """The gateway's command line in front of the Triton gRPC endpoint `triton`."""
     return [sys.executable, "-m", "jina_triton_serving.gateway", "--triton", triton, *args]
+
+
+def wait_listening(process: subprocess.Popen, host: str, port: int, timeout: float = 60.0) -> None:
+    """Until the gateway `process` accepts connections on host:port (a wildcard host: on loopback);
+    its exit first, or the timeout, raises RuntimeError."""
+    import socket
+
+    target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with code {process.returncode} (its log says why)")
+        try:
+            socket.create_connection((target, port), timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the gateway did not listen on {host}:{port} within {timeout:.0f} s")
 
 
 class GatewayProcess:
@@ -36,19 +52,12 @@ class GatewayProcess:
         lock = {LOCK_KEY_ENV: key} if key else {}
         self.process = subprocess.Popen(command, env={**os.environ, **lock, **self.env}, stdout=output,
                                         stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the gateway exited with code {self.process.returncode}")
-            try:
-                import ssl
-                context = ssl._create_unverified_context() if self.tls else None
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2, context=context):
-                    return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("the gateway did not come up within 60 s")
+        try:
+            wait_listening(self.process, "127.0.0.1", self.port)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
