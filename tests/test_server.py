@@ -13,7 +13,8 @@ import pytest
 from conftest import TEST_MAX_LENGTH, sample_texts
 from expected import Expected, assert_outputs_match
 from jina_triton_client.contract import OUTPUTS, TASKS, TEXT, TIMINGS, TOKEN_COUNT, ensemble_name
-from jina_triton_tools.bench import token_totals
+from jina_triton_pipeline.model_metrics import PASS_SECONDS_METRIC, PASSES_METRIC
+from jina_triton_tools.bench import counter_totals, token_totals
 
 pytestmark = pytest.mark.server
 
@@ -113,7 +114,7 @@ def test_timings_are_the_requests_own(triton):
     assert (timings >= 0).all() and timings[0, 1] > 0  # the encoder took some time
 
 
-def test_metrics_and_statistics(triton):
+def test_metrics_and_statistics(triton, request):
     import tritonclient.grpc as grpcclient
 
     infer(triton, "grpc", "retrieval", ["metrics please"])
@@ -124,6 +125,10 @@ def test_metrics_and_statistics(triton):
     assert 'nv_inference_request_summary_us' in metrics  # latency summaries are on
     values = token_totals(metrics, "encoder_retrieval")
     assert values["real"] >= 1 and values["computed"] >= values["real"]
+    passes, seconds = (counter_totals(metrics, metric, "session", "encoder_retrieval")
+                       for metric in (PASSES_METRIC, PASS_SECONDS_METRIC))
+    if "cpu" in request.node.callspec.id:  # the onnxruntime engine counts its passes by session and their time
+        assert sum(passes.values()) >= 1 and sum(seconds.values()) > 0 and set(seconds) == set(passes)
     stats = grpcclient.InferenceServerClient(triton.grpc_url).get_inference_statistics(
         "embed_retrieval", headers=triton.security.grpc_admin_headers(), as_json=True)
     assert int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) >= 1

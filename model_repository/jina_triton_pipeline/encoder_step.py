@@ -85,8 +85,8 @@ class EncoderStep:
                             keep=lambda k: not cancelled(requests[order[k]]), max_padding=self.max_padding,
                             done=done)
         self.metrics.tokens(packed.computed_tokens, packed.real_tokens)
-        if hasattr(self.engine, "take_pass_counts"):
-            self.metrics.passes(self.engine.take_pass_counts())
+        if hasattr(self.engine, "take_passes"):
+            self.metrics.passes(self.engine.take_passes())
         if packed.computed_tokens >= RELEASE_AFTER_TOKENS:  # big passes' activations, else kept for good
             release_free_memory()
         for k, index in enumerate(order):

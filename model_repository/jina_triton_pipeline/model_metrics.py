@@ -5,6 +5,7 @@ TOKENS_METRIC = "jina_encoder_tokens_total"
 REQUESTS_METRIC = "jina_model_requests_total"
 MIXED_METRIC = "jina_model_mixed_executions_total"
 PASSES_METRIC = "jina_encoder_passes_total"
+PASS_SECONDS_METRIC = "jina_encoder_pass_seconds_total"
 OUTCOMES = {None: "ok", "INVALID_ARG": "invalid", "UNAVAILABLE": "unavailable"}
 
 
@@ -28,26 +29,32 @@ class ModelMetrics:
                                                description="Executions whose requests got different outcomes"),
                          pb_utils.MetricFamily(name=PASSES_METRIC, kind=counter,
                                                description="Encoder passes by session: wide (all its threads) "
-                                                           "or narrow (one thread, beside another pass)")]
-        tokens, requests, mixed, passes = self.families
+                                                           "or narrow (one thread, beside another pass)"),
+                         pb_utils.MetricFamily(name=PASS_SECONDS_METRIC, kind=counter,
+                                               description="Seconds in the engine's passes, by session (the rest of "
+                                                           "an execution is the stub's own work)")]
+        tokens, requests, mixed, passes, seconds = self.families
         labels = {"model": model_name, "instance": instance or model_name}  # one set per stub process
         self.computed = tokens.Metric(labels={**labels, "kind": "computed"})
         self.real = tokens.Metric(labels={**labels, "kind": "real"})
         self.outcomes = {outcome: requests.Metric(labels={**labels, "outcome": outcome})
                          for outcome in (*OUTCOMES.values(), "internal")}
         self.mixed = mixed.Metric(labels=labels)
-        self.passes_by = {width: passes.Metric(labels={**labels, "session": width}) for width in ("wide", "narrow")}
+        self.passes_by = {width: (passes.Metric(labels={**labels, "session": width}),
+                                  seconds.Metric(labels={**labels, "session": width})) for width in ("wide", "narrow")}
 
     def tokens(self, computed: int, real: int) -> None:
         if self.enabled:
             self.computed.increment(computed)
             self.real.increment(real)
 
-    def passes(self, counts: dict[str, int]) -> None:
+    def passes(self, taken: dict[str, tuple[int, float]]) -> None:
+        """`taken`: (passes, seconds in them) by session since the last call."""
         if self.enabled:
-            for width, count in counts.items():
+            for width, (count, seconds) in taken.items():
                 if count:
-                    self.passes_by[width].increment(count)
+                    self.passes_by[width][0].increment(count)
+                    self.passes_by[width][1].increment(seconds)
 
     def answered(self, responses: list) -> list:
         """Count each response's outcome; returns the responses."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,7 @@ class OnnxEngine:
         self.bindings = {"wide": self._bind(session)}
         if narrow is not None:
             self.bindings["narrow"] = self._bind(narrow)
-        self.pass_counts = dict.fromkeys(self.bindings, 0)
+        self.pass_counts, self.pass_seconds = dict.fromkeys(self.bindings, 0), dict.fromkeys(self.bindings, 0.0)
         self.threads, self.cores = session.get_session_options().intra_op_num_threads, usable_cores()
 
     def _bind(self, session):
@@ -150,17 +151,18 @@ class OnnxEngine:
         ids = np.ones((1, 8), np.int64)
         for width in self.bindings:
             self._run(width, ids, np.ones_like(ids))
-            self.pass_counts[width] -= 1
+        self.take_passes()
 
     def forward(self, input_ids, attention_mask) -> np.ndarray:
         with self.registry.running() as others:
             narrow = "narrow" in self.bindings and not wide_fits(others, self.threads, self.cores)
             return self._run("narrow" if narrow else "wide", input_ids, attention_mask)
 
-    def take_pass_counts(self) -> dict[str, int]:
-        """Passes run on each session since the last call."""
-        counts, self.pass_counts = self.pass_counts, dict.fromkeys(self.bindings, 0)
-        return counts
+    def take_passes(self) -> dict[str, tuple[int, float]]:
+        """(passes, seconds in them) on each session since the last call."""
+        taken = {width: (self.pass_counts[width], self.pass_seconds[width]) for width in self.bindings}
+        self.pass_counts, self.pass_seconds = dict.fromkeys(self.bindings, 0), dict.fromkeys(self.bindings, 0.0)
+        return taken
 
     def _run(self, width: str, input_ids, attention_mask) -> np.ndarray:
         session, binding = self.bindings[width]
@@ -170,8 +172,10 @@ class OnnxEngine:
         binding.bind_cpu_input(INPUT_IDS, ids)
         binding.bind_cpu_input(ATTENTION_MASK, mask)
         binding.bind_output(POOLED_STATE)
+        started = time.perf_counter()
         session.run_with_iobinding(binding, self._shrink)
         pooled = binding.copy_outputs_to_cpu()[0]
+        self.pass_seconds[width] += time.perf_counter() - started
         self.pass_counts[width] += 1
         del ids, mask
         return pooled

@@ -32,6 +32,7 @@ from jina_triton_client.contract import TRUNCATE_END
 from jina_triton_build.engines import ENGINE_FILES
 from jina_triton_pipeline.onnx_engine import ADAPTER_FILE, OnnxEngine, ort_session, serving_graph
 from jina_triton_pipeline.internals import encoder_name
+from jina_triton_pipeline.model_metrics import PASS_SECONDS_METRIC, PASSES_METRIC, TOKENS_METRIC
 from jina_triton_pipeline.packing import MAX_PADDING, plan_chunks
 from jina_triton_pipeline.pooling import cosines
 
@@ -51,7 +52,6 @@ PREVIOUS = {"memory_mb (fp32)": 9000, "cold start s": 360, "warm start s": 29,
             "engine short query ms (fp32)": 45, "served short query ms (fp32)": 94,
             "engine tokens/s (fp32)": 440, "served tokens/s (fp32)": 384, "served/engine (fp32)": 0.845,
             "served/engine (int8)": 0.79, "stub - engine short query ms (fp32)": 47}
-TOKENS_METRIC = "jina_encoder_tokens_total"
 
 
 @dataclass
@@ -64,20 +64,25 @@ class Run:
     latencies_ms: list = field(default_factory=list)
     short_query_ms: float | None = None
     in_stub_ms: float | None = None                  # the encoder's own compute_infer per short query
+    in_pass_ms: float | None = None                  # of which the engine's pass (the rest: the stub's work)
     flops: float = 0.0                               # useful work of one repeat
     note: str = ""
     short_samples: list = field(default_factory=list)    # short_query_ms of each repeat; the median is kept
     in_stub_samples: list = field(default_factory=list)
+    in_pass_samples: list = field(default_factory=list)
+    sessions: dict = field(default_factory=dict)     # served: the first repeat's passes on each session
 
     def absorb(self, other: "Run") -> "Run":
         """`other` as one more repeat of this run (the first repeat's latencies and tokens stay)."""
         if other is not self:
             self.seconds += other.seconds
-        for samples, value in ((self.short_samples, other.short_query_ms), (self.in_stub_samples, other.in_stub_ms)):
+        for samples, value in ((self.short_samples, other.short_query_ms), (self.in_stub_samples, other.in_stub_ms),
+                               (self.in_pass_samples, other.in_pass_ms)):
             if value is not None:
                 samples.append(value)
-        self.short_query_ms = statistics.median(self.short_samples) if self.short_samples else None
-        self.in_stub_ms = statistics.median(self.in_stub_samples) if self.in_stub_samples else None
+        self.short_query_ms, self.in_stub_ms, self.in_pass_ms = (
+            statistics.median(samples) if samples else None
+            for samples in (self.short_samples, self.in_stub_samples, self.in_pass_samples))
         return self
 
     def summary(self, peak_gflops: float) -> dict:
@@ -95,9 +100,10 @@ class Run:
             "padded_ratio": round(self.computed_tokens / self.real_tokens, 3) if self.real_tokens else None,
             "short_query_ms": None if self.short_query_ms is None else round(self.short_query_ms, 1),
             "in_stub_ms": None if self.in_stub_ms is None else round(self.in_stub_ms, 1),
+            "in_pass_ms": None if self.in_pass_ms is None else round(self.in_pass_ms, 1),
             "gflops": round(self.flops / best / 1e9, 1),
             "peak_fraction": round(self.flops / best / 1e9 / peak_gflops, 3),
-            "note": self.note,
+            "note": self.note + _sessions_note(self.sessions),
         }
 
 
@@ -125,8 +131,12 @@ class EngineCandidate:
     sessions: dict = field(default_factory=dict)  # processes: the passes of the last run on each session
 
     def note(self) -> str:
-        narrow, passes = self.sessions.get("narrow", 0), sum(self.sessions.values())
-        return f" ({narrow} of {passes} passes on one thread, beside another)" if passes else ""
+        return _sessions_note(self.sessions)
+
+
+def _sessions_note(sessions: dict) -> str:
+    narrow, passes = int(sessions.get("narrow", 0)), int(sum(sessions.values()))
+    return f" ({narrow} of {passes} passes on one thread, beside another)" if passes else ""
 
 
 def engine_candidates(engine, token_lists: list[list[int]], pooled: np.ndarray, layout: dict) -> list[EngineCandidate]:
@@ -197,37 +207,49 @@ def _requests(texts: list[Text], documents_per_request: int) -> list[list[Text]]
     return requests + ([pending] if pending else [])
 
 
-def token_totals(metrics_text: str, model: str | None = None) -> dict[str, float]:
-    """The encoders' token counters (computed = padded, real) from a Prometheus scrape (standard
+def counter_totals(metrics_text: str, metric: str, label: str, model: str | None = None) -> dict[str, float]:
+    """One counter of the encoders summed by one of its labels, from a Prometheus scrape (standard
     library only: the GPU check runs this where prometheus_client is not installed)."""
     import re
 
-    totals = {"computed": 0.0, "real": 0.0}
+    totals: dict[str, float] = {}
     for line in metrics_text.splitlines():
-        if line.startswith(TOKENS_METRIC + "{"):
+        if line.startswith(metric + "{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line[:line.rindex("}")]))
             if model is None or labels.get("model") == model:
-                totals[labels["kind"]] += float(line.rsplit(" ", 1)[1])
+                totals[labels[label]] = totals.get(labels[label], 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
 
 
-def _encoder_tokens(metrics_url: str) -> dict[str, float]:
+def token_totals(metrics_text: str, model: str | None = None) -> dict[str, float]:
+    """The encoders' token counters: computed (padded) and real."""
+    return {"computed": 0.0, "real": 0.0, **counter_totals(metrics_text, TOKENS_METRIC, "kind", model)}
+
+
+def _encoder_counters(metrics_url: str) -> dict[str, dict[str, float]]:
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        return token_totals(reply.read().decode())
+        text = reply.read().decode()
+    return {"tokens": token_totals(text), "passes": counter_totals(text, PASSES_METRIC, "session"),
+            "seconds": counter_totals(text, PASS_SECONDS_METRIC, "session")}
+
+
+def _grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: value - before.get(key, 0.0) for key, value in after.items()}
 
 
 def _load(send, requests: list[list[Text]], concurrency: int, repeats: int, metrics_url: str, run: Run) -> Run:
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(send, requests[:concurrency]))  # warm every connection and instance
         for repeat in range(repeats):
-            before = _encoder_tokens(metrics_url)
+            before = _encoder_counters(metrics_url)
             started = time.perf_counter()
             latencies = list(pool.map(send, requests))
             run.seconds.append(time.perf_counter() - started)
-            after = _encoder_tokens(metrics_url)
+            after = _encoder_counters(metrics_url)
             if repeat == 0:
                 run.latencies_ms = latencies
-                run.computed_tokens = int(after["computed"] - before["computed"])
+                run.computed_tokens = int(after["tokens"]["computed"] - before["tokens"]["computed"])
+                run.sessions = _grown(before["passes"], after["passes"])
     return run
 
 
@@ -246,10 +268,13 @@ def served(server, texts: list[Text], task: str, concurrency: int, repeats: int,
     _load(send, _requests(texts, documents_per_request), concurrency, repeats, server.metrics_url, run)
     time.sleep(1.0)  # zero load
     with EmbeddingClient(server.grpc_url) as single:
-        before = compute_infer(server, encoder_name(task))
+        before, counted = compute_infer(server, encoder_name(task)), _encoder_counters(server.metrics_url)
         run.short_query_ms = _median_ms(lambda: single.embed([SHORT_QUERY], task=task, input_type="query"))
-        after = compute_infer(server, encoder_name(task))
+        after, passes = compute_infer(server, encoder_name(task)), _encoder_counters(server.metrics_url)
     run.in_stub_ms = (after[1] - before[1]) / max(1, after[0] - before[0]) / 1e6
+    count = sum(_grown(counted["passes"], passes["passes"]).values())
+    if count:  # an encoder that counts its passes' time (the cpu target)
+        run.in_pass_ms = sum(_grown(counted["seconds"], passes["seconds"]).values()) / count * 1000
     return run
 
 
@@ -476,6 +501,11 @@ def ratios(results: dict, memory: dict | None = None, starts: dict | None = None
             found[f"engine in the stub - bare engine, short query ms ({precision})"] = (
                 round(serve["in_stub_ms"] - engine["short_query_ms"], 1), "~ 0",
                 PREVIOUS["stub - engine short query ms (fp32)"] if precision == "fp32" else None)
+            if serve.get("in_pass_ms") is not None:  # that gap split: the pass itself, the stub around it
+                found[f"  of which the pass: in the stub - bare, short query ms ({precision})"] = (
+                    round(serve["in_pass_ms"] - engine["short_query_ms"], 1), "~ 0", None)
+                found[f"  of which the stub's own work per short query ms ({precision})"] = (
+                    round(serve["in_stub_ms"] - serve["in_pass_ms"], 1), "-", None)
             found[f"served padded-token ratio ({precision})"] = (serve["padded_ratio"], "<= 1.15", None)
         if serve and front:
             found[f"gateway/served tokens/s ({precision})"] = (
@@ -503,6 +533,10 @@ def ratios(results: dict, memory: dict | None = None, starts: dict | None = None
     return found
 
 
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def _peaks_text(peaks: dict) -> str:
     return "; ".join(f"{when}: " + ", ".join(f"{lib} {value}" for lib, value in measured.items())
                      for when, measured in peaks.items())
@@ -521,13 +555,13 @@ def markdown(report: dict) -> str:
              f"Python {m['python']}, onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}, transformers "
              f"{m.get('transformers')}, Triton {m['triton']}; {m['date']}", "",
              "| run | tokens/s | spread | GFLOP/s | of peak | texts/s | p50 ms | p95 ms | padded | short query ms "
-             "| in the stub ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| in the stub ms | its pass ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["results"].items():
         spread = "-" if r["spread"] is None else f"{100 * r['spread']:.1f} %"
         lines.append(f"| {name} | {r['tokens_per_s']} | {spread} | {r['gflops']} | {r['peak_fraction']:.2f} | "
                      f"{r['texts_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['padded_ratio']} | "
-                     f"{r['short_query_ms']} | {'-' if r.get('in_stub_ms') is None else r['in_stub_ms']} |")
+                     f"{r['short_query_ms']} | {_cell(r.get('in_stub_ms'))} | {_cell(r.get('in_pass_ms'))} |")
     for name, r in report["results"].items():
         if r.get("note"):
             lines.append(f"\n{name}: {r['note']}")

@@ -22,7 +22,6 @@ def _worker(graph: str, adapter: str, vocab_size: int, threads: int, shared: boo
                         narrow=ort_session(Path(graph), 1) if shared else None,
                         registry=PassRegistry(Path(folder)) if shared else None)
     engine.warm_up()
-    engine.take_pass_counts()
     loaded.put(True)
     go.wait()
     while True:
@@ -32,7 +31,7 @@ def _worker(graph: str, adapter: str, vocab_size: int, threads: int, shared: boo
         if index >= len(passes):
             break
         engine.forward(*right_pad(passes[index]))
-    results.put((time.monotonic(), engine.take_pass_counts()))
+    results.put((time.monotonic(), {width: count for width, (count, _) in engine.take_passes().items()}))
     engine.registry.close()
 
 
