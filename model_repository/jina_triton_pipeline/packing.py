@@ -118,10 +118,11 @@ def run_packed(requests: list[tuple], token_budget: int, forward: Callable, pass
     started = time.perf_counter()
     counts = [passes.lengths(mask) for _, mask in requests]
     lengths = np.concatenate(counts)
-    owners = np.repeat(np.arange(len(requests)), [len(c) for c in counts])
+    sizes = np.array([len(c) for c in counts], np.int64)  # rows of each request
+    owners = np.repeat(np.arange(len(requests)), sizes)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    firsts = np.concatenate([[0], np.cumsum([len(c) for c in counts])[:-1]]).astype(np.int64)
-    rows_left = np.array([len(c) for c in counts])
+    firsts = np.cumsum(sizes) - sizes  # each request's first row in the output
+    rows_left = sizes.copy()
     early = done is not None and getattr(passes, "on_host", False)
     dropped: set[int] = set()
     todo = np.arange(len(lengths))
@@ -151,7 +152,7 @@ def run_packed(requests: list[tuple], token_budget: int, forward: Callable, pass
                 np.subtract.at(rows_left, owners[order[begin:end]], 1)
                 for index in np.unique(owners[order[begin:end]]).tolist():
                     if rows_left[index] == 0:
-                        _settle(result, index, out[firsts[index]:firsts[index] + len(counts[index])].copy(),
+                        _settle(result, index, out[firsts[index]:firsts[index] + sizes[index]].copy(),
                                 started, float(counts[index].sum()))
                         done(index, result.pooled[index], result.encode_us[index])
             begin = end
@@ -160,7 +161,7 @@ def run_packed(requests: list[tuple], token_budget: int, forward: Callable, pass
     host = passes.finish(out) if out is not None else None
     for index, count in enumerate(counts):
         if index not in dropped and host is not None and result.pooled[index] is None:
-            _settle(result, index, host[firsts[index]:firsts[index] + len(count)], started, float(count.sum()))
+            _settle(result, index, host[firsts[index]:firsts[index] + sizes[index]], started, float(count.sum()))
     return result
 
 

@@ -502,9 +502,9 @@ def ratios(results: dict, memory: dict | None = None, starts: dict | None = None
                 round(serve["in_stub_ms"] - engine["short_query_ms"], 1), "~ 0",
                 PREVIOUS["stub - engine short query ms (fp32)"] if precision == "fp32" else None)
             if serve.get("in_pass_ms") is not None:  # that gap split: the pass itself, the stub around it
-                found[f"  of which the pass: in the stub - bare, short query ms ({precision})"] = (
+                found[f"of that, the pass in the stub - the same pass bare, short query ms ({precision})"] = (
                     round(serve["in_pass_ms"] - engine["short_query_ms"], 1), "~ 0", None)
-                found[f"  of which the stub's own work per short query ms ({precision})"] = (
+                found[f"of that, the stub's own work around the pass, short query ms ({precision})"] = (
                     round(serve["in_stub_ms"] - serve["in_pass_ms"], 1), "-", None)
             found[f"served padded-token ratio ({precision})"] = (serve["padded_ratio"], "<= 1.15", None)
         if serve and front:

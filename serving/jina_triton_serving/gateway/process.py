@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,8 +20,6 @@ def gateway_command(triton: str, *args: str) -> list[str]:
 def wait_listening(process: subprocess.Popen, host: str, port: int, timeout: float = 60.0) -> None:
     """Until the gateway `process` accepts connections on host:port (a wildcard host: on loopback);
     its exit first, or the timeout, raises RuntimeError."""
-    import socket
-
     target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
