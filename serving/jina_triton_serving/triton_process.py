@@ -115,12 +115,24 @@ def backend_dir(cache: Path | None = None) -> Path:
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
+    """A loopback port nobody listens on right now, below the kernel's ephemeral range where it can be:
+    a port from that range can be taken by any outgoing connection before the server binds it."""
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    candidates = random.sample(range(20000, low), min(32, low - 20000)) if low > 20100 else []
+    for port in [*candidates, 0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise ServeError("no free loopback port")
 
 
 def die_with_parent() -> None:
@@ -263,6 +275,7 @@ class TritonServer:
     stop_requested: bool = False
     failed: dict = field(default_factory=dict)   # models that failed to load at the last start
     models: list | None = None         # the models to load (default: every model of the repository)
+    ports_picked: bool = False         # ours to pick again when another process takes one first
     _held: contextlib.ExitStack | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -285,7 +298,8 @@ class TritonServer:
 
     @classmethod
     def on_free_ports(cls, repository: Path, **settings) -> "TritonServer":
-        return cls(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **settings)
+        return cls(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                   ports_picked=True, **settings)
 
     @property
     def http_url(self) -> str:
@@ -431,6 +445,15 @@ class TritonServer:
     def ready(self) -> bool:
         return self._health("ready")
 
+    def metrics_up(self) -> bool:
+        """Triton opens its metrics endpoint last, tens of ms after HTTP answers ready, and exits
+        when its port is taken."""
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=2) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
     def live(self) -> bool:
         return self._health("live")
 
@@ -443,10 +466,10 @@ class TritonServer:
             if self.process.poll() is not None:
                 raise ServeError(f"tritonserver exited with code {self.process.returncode} while "
                                  f"loading the models{self._log_hint()}")
-            if self.ready():
+            if self.metrics_up() and self.ready():  # metrics open last, tens of ms after ready
                 self.failed = {}
                 return self.failed
-            if self.live():
+            if self.live() and self.metrics_up():
                 self.failed = self.failed_models()
                 if self.failed and all(name in self.failed for name in self._ensembles()):
                     self.stop()
@@ -518,12 +541,16 @@ class TritonServer:
     def __enter__(self) -> "TritonServer":
         from .supervisor import StubSupervisor
 
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(3):
+            self.start()
+            try:
+                self.wait_ready()
+                break
+            except BaseException as error:
+                self.stop()
+                if not (self.ports_picked and attempt < 2 and "already in use" in str(error)):
+                    raise
+                self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         StubSupervisor(self).start()
         return self
 
