@@ -57,6 +57,11 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
     for precision in ("fp32", "int8"):  # the short query's time in the encoder stub, and its pass within it
         served = report["results"][f"served-{precision}"]
         assert 0 < served["in_pass_ms"] < served["in_stub_ms"] and "passes on one thread" in served["note"]
+        for kind in ("served", "gateway"):  # how busy each part kept the cores, the load generator included
+            cores = report["results"][f"{kind}-{precision}"]["cores"]
+            parts = {"encoders", "preprocess", "postprocess", "tritonserver", "load generator (the bench)"}
+            assert parts | ({"gateway"} if kind == "gateway" else set()) == set(cores), cores
+            assert cores["encoders"] > 0 and cores["load generator (the bench)"] > 0 and sum(cores.values()) < 2.5
     assert "cold start s (empty engine cache -> ready, fp32)" not in report["ratios"]  # a reused cache
     assert {"served/engine tokens/s (fp32)", "gateway/served tokens/s (fp32)"} <= set(report["ratios"])
     assert 0.9 < report["int8_cosine_vs_fp32"]["mean"] <= 1.0

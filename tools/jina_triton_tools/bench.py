@@ -2,13 +2,15 @@
 
 In one run, on the same texts:
   (a) engine     the bare onnxruntime engine on pre-tokenized texts, under every packing in
-                 PACKINGS; the best one is the row, so it is the ceiling of this machine;
+                 PACKINGS; the best one (chosen on one run of each, then timed afresh each
+                 repeat) is the row, so it is the ceiling of this machine;
   (b) served     the Triton ensemble end to end through the project's gRPC client, at a
                  saturating concurrency;
   (c) gateway    the same requests through the OpenAI/Jina gateway (HTTP, base64 vectors);
   (d) reference  what a user of the official code runs: transformers + peft with the
                  adapter unmerged, batches of 32 in the given order.
-Every run is repeated (`repeats`) and reported with its spread. Each row states its
+Every run is repeated (`repeats`) and reported with its spread; a served run also says how busy
+each part kept the cores (encoder stubs, preprocess, Triton, the load generator on the same cores). Each row states its
 useful FLOP/s as a fraction of a matmul peak measured in the same run: absolute CPU
 figures vary by host, the ratios hold. Speed is reported here, never asserted in tests.
 """
@@ -36,7 +38,7 @@ from jina_triton_pipeline.model_metrics import PASS_SECONDS_METRIC, PASSES_METRI
 from jina_triton_pipeline.packing import MAX_PADDING, plan_chunks
 from jina_triton_pipeline.pooling import cosines
 
-from .machine import cpu_identity, encoder_flops, matmul_peaks, server_memory, versions
+from .machine import cpu_by_part, cpu_identity, encoder_flops, matmul_peaks, server_memory, versions
 from .workload import Text, Workload, token_counter
 
 SHORT_QUERY = "how do I reset my router?"
@@ -71,6 +73,7 @@ class Run:
     in_stub_samples: list = field(default_factory=list)
     in_pass_samples: list = field(default_factory=list)
     sessions: dict = field(default_factory=dict)     # served: the first repeat's passes on each session
+    cores: dict = field(default_factory=dict)        # served: cores busy on average by part, first repeat
 
     def absorb(self, other: "Run") -> "Run":
         """`other` as one more repeat of this run (the first repeat's latencies and tokens stay)."""
@@ -103,7 +106,8 @@ class Run:
             "in_pass_ms": None if self.in_pass_ms is None else round(self.in_pass_ms, 1),
             "gflops": round(self.flops / best / 1e9, 1),
             "peak_fraction": round(self.flops / best / 1e9 / peak_gflops, 3),
-            "note": self.note + _sessions_note(self.sessions),
+            "cores": {part: round(busy, 2) for part, busy in self.cores.items()},
+            "note": self.note + _sessions_note(self.sessions) + _cores_note(self.cores),
         }
 
 
@@ -132,6 +136,13 @@ class EngineCandidate:
 
     def note(self) -> str:
         return _sessions_note(self.sessions)
+
+
+def _cores_note(cores: dict) -> str:
+    if not cores:
+        return ""
+    busy = ", ".join(f"{part} {value:.2f}" for part, value in sorted(cores.items(), key=lambda kv: -kv[1]))
+    return f"; cores busy on average: {busy}"
 
 
 def _sessions_note(sessions: dict) -> str:
@@ -237,16 +248,22 @@ def _grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float
     return {key: value - before.get(key, 0.0) for key, value in after.items()}
 
 
-def _load(send, requests: list[list[Text]], concurrency: int, repeats: int, metrics_url: str, run: Run) -> Run:
+def _load(send, requests: list[list[Text]], concurrency: int, repeats: int, server, run: Run,
+          others: dict[str, int] | None = None) -> Run:
+    """`requests` from `concurrency` threads, `repeats` times; the first repeat's latencies, tokens,
+    passes and CPU by part (the server's processes, this load generator, `others`) are kept."""
+    cpu = {"load generator (the bench)": os.getpid(), **(others or {})}
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(send, requests[:concurrency]))  # warm every connection and instance
         for repeat in range(repeats):
-            before = _encoder_counters(metrics_url)
+            before, used = _encoder_counters(server.metrics_url), cpu_by_part(server.process.pid, cpu)
             started = time.perf_counter()
             latencies = list(pool.map(send, requests))
             run.seconds.append(time.perf_counter() - started)
-            after = _encoder_counters(metrics_url)
+            after = _encoder_counters(server.metrics_url)
             if repeat == 0:
+                run.cores = {part: busy / run.seconds[-1] for part, busy in
+                             _grown(used, cpu_by_part(server.process.pid, cpu)).items()}
                 run.latencies_ms = latencies
                 run.computed_tokens = int(after["tokens"]["computed"] - before["tokens"]["computed"])
                 run.sessions = _grown(before["passes"], after["passes"])
@@ -265,7 +282,7 @@ def served(server, texts: list[Text], task: str, concurrency: int, repeats: int,
         return (time.perf_counter() - started) * 1000
 
     run = Run("served", texts=len(texts), real_tokens=sum(t.tokens for t in texts), flops=flops)
-    _load(send, _requests(texts, documents_per_request), concurrency, repeats, server.metrics_url, run)
+    _load(send, _requests(texts, documents_per_request), concurrency, repeats, server, run)
     time.sleep(1.0)  # zero load
     with EmbeddingClient(server.grpc_url) as single:
         before, counted = compute_infer(server, encoder_name(task)), _encoder_counters(server.metrics_url)
@@ -287,12 +304,12 @@ def compute_infer(server, model: str) -> tuple[int, int]:
     return int(stats["count"]), int(stats["ns"])
 
 
-def through_gateway(url: str, server, texts: list[Text], task: str, concurrency: int, repeats: int,
+def through_gateway(front, server, texts: list[Text], task: str, concurrency: int, repeats: int,
                     flops: float, documents_per_request: int = 4) -> Run:
     """The same requests as `served`, as OpenAI-shaped HTTP calls with base64 vectors."""
     from .http_client import HttpInfer
 
-    http = HttpInfer(url.split("://", 1)[1])
+    http = HttpInfer(front.url.split("://", 1)[1])
 
     def post(group: list[Text]) -> None:
         jina_task = ("retrieval.query" if group[0].input_type == "query" else "retrieval.passage") \
@@ -309,7 +326,8 @@ def through_gateway(url: str, server, texts: list[Text], task: str, concurrency:
         return (time.perf_counter() - started) * 1000
 
     run = Run("gateway", texts=len(texts), real_tokens=sum(t.tokens for t in texts), flops=flops)
-    _load(send, _requests(texts, documents_per_request), concurrency, repeats, server.metrics_url, run)
+    _load(send, _requests(texts, documents_per_request), concurrency, repeats, server, run,
+          {"gateway": front.process.pid})
     time.sleep(1.0)
     run.short_query_ms = _median_ms(lambda: post([Text(SHORT_QUERY, "query", 0)]))
     return run
@@ -393,25 +411,25 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
             best = min(candidates, key=lambda candidate: measured[candidate.label][0])
             report["packings"][precision] = {label: round(sum(map(len, rows)) / seconds, 1)
                                              for label, (seconds, _, _) in measured.items()}
-            engine_run = Run("engine", texts=len(rows), real_tokens=sum(map(len, rows)), flops=flops,
-                             note=f"best of {len(candidates)}: {best.label}{best.note()}")
-            engine_run.seconds.append(measured[best.label][0])
+            engine_run = Run("engine", texts=len(rows), real_tokens=sum(map(len, rows)), flops=flops)
             engine_run.computed_tokens, engine_run.latencies_ms = measured[best.label][1:]
             front = held.enter_context(GatewayProcess(server, log_file=out / f"gateway-{precision}.log")) \
                 if gateway else None
             # engine, served and gateway in turn, each repeat: a host that drifts moves them together
             for repeat in range(repeats):
-                if repeat:
-                    progress(f"(a) bare {precision} engine again: {best.label}")
-                    engine_run.seconds.append(best.once()[0])
+                # timed afresh: the run that chose the best of several is the luckiest of them
+                progress(f"(a) bare {precision} engine, the best way, run {repeat + 1} of {repeats}: {best.label}")
+                engine_run.seconds.append(best.once()[0])
                 engine_run.absorb(_engine_short_query(engine, short))
                 progress(f"(b) served {precision} ensemble, run {repeat + 1} of {repeats}")
                 one = served(server, texts, task, concurrency, 1, flops)
                 _add_repeat(runs, f"served-{precision}", one)
                 if front is not None:
                     progress(f"(c) {precision} through the gateway, run {repeat + 1} of {repeats}")
-                    one = through_gateway(front.url, server, texts, task, concurrency, 1, flops)
+                    one = through_gateway(front, server, texts, task, concurrency, 1, flops)
                     _add_repeat(runs, f"gateway-{precision}", one)
+            engine_run.note = (f"best of {len(candidates)} (each run once to choose, then timed afresh each "
+                               f"repeat): {best.label}{best.note()}")
             runs[f"engine-{precision}"] = engine_run
             memory[precision]["after load"] = server_memory(server.process.pid)
     if "fp32" in precisions:

@@ -105,21 +105,51 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
-def server_memory(root: int) -> dict:
-    """PSS of a server and every process under it (Triton and its Python-backend stubs), in MB:
-    the sum is what the whole server costs the machine, each page counted once."""
+def server_processes(root: int) -> list[tuple[str, int]]:
+    """(label, pid) of a server and every process under it: tritonserver, each Python-backend stub
+    by its model's name."""
     from jina_triton_serving.triton_process import descendants
 
-    per_process = {}
+    found = []
     for pid in [root, *descendants(root)]:
         try:
             name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            label = name[0].rsplit(b"/", 1)[-1].decode(errors="replace")
-            if label == "triton_python_backend_stub" and len(name) > 1:
-                label = name[1].decode(errors="replace").split("/")[-3]  # .../<model>/<version>/model.py
-            per_process.setdefault(label, 0)
-            per_process[label] += pss_bytes(pid)
+        except OSError:
+            continue
+        label = name[0].rsplit(b"/", 1)[-1].decode(errors="replace")
+        if label == "triton_python_backend_stub" and len(name) > 1:
+            label = name[1].decode(errors="replace").split("/")[-3]  # .../<model>/<version>/model.py
+        found.append((label, pid))
+    return found
+
+
+def server_memory(root: int) -> dict:
+    """PSS of a server and every process under it (Triton and its Python-backend stubs), in MB:
+    the sum is what the whole server costs the machine, each page counted once."""
+    per_process: dict[str, int] = {}
+    for label, pid in server_processes(root):
+        try:
+            per_process[label] = per_process.get(label, 0) + pss_bytes(pid)
         except (OSError, IndexError):
             continue
     return {"total_mb": round(sum(per_process.values()) / 2**20),
             "by_process_mb": {k: round(v / 2**20) for k, v in sorted(per_process.items())}}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far, from /proc (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_part(root: int, others: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far by part: the server's processes grouped (every encoder stub together), and
+    `others` (label -> pid: the load generator, a gateway)."""
+    parts: dict[str, float] = {}
+    for label, pid in [*server_processes(root), *others.items()]:
+        part = "encoders" if label.startswith("encoder_") else label
+        parts[part] = parts.get(part, 0.0) + cpu_seconds(pid)
+    return parts
