@@ -73,7 +73,7 @@ class Run:
     in_stub_samples: list = field(default_factory=list)
     in_pass_samples: list = field(default_factory=list)
     sessions: dict = field(default_factory=dict)     # served: the first repeat's passes on each session
-    cores: dict = field(default_factory=dict)        # served: cores busy on average by part, first repeat
+    cores: dict = field(default_factory=dict)        # cores busy on average by part in the first repeat
 
     def absorb(self, other: "Run") -> "Run":
         """`other` as one more repeat of this run (the first repeat's latencies and tokens stay)."""
@@ -87,6 +87,13 @@ class Run:
             statistics.median(samples) if samples else None
             for samples in (self.short_samples, self.in_stub_samples, self.in_pass_samples))
         return self
+
+    def _encoder_cpu_per_1k(self) -> float | None:
+        """CPU ms the encoders (the stubs, or the bare engine) spent per 1,000 real tokens, first repeat."""
+        busy = self.cores.get("encoders", self.cores.get("engine"))
+        if busy is None or not self.seconds or not self.real_tokens:
+            return None
+        return round(busy * self.seconds[0] / self.real_tokens * 1e6, 1)
 
     def summary(self, peak_gflops: float) -> dict:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
@@ -107,6 +114,8 @@ class Run:
             "gflops": round(self.flops / best / 1e9, 1),
             "peak_fraction": round(self.flops / best / 1e9 / peak_gflops, 3),
             "cores": {part: round(busy, 2) for part, busy in self.cores.items()},
+            "cores_total": len(os.sched_getaffinity(0)),
+            "encoder_cpu_ms_per_1k_tokens": self._encoder_cpu_per_1k(),
             "note": self.note + _sessions_note(self.sessions) + _cores_note(self.cores),
         }
 
@@ -133,6 +142,7 @@ class EngineCandidate:
     label: str
     once: Callable[[], tuple[float, int, list]]   # seconds, computed tokens, each pass's ms
     sessions: dict = field(default_factory=dict)  # processes: the passes of the last run on each session
+    cpu: dict = field(default_factory=dict)       # {"engine": CPU seconds of its last run}
 
     def note(self) -> str:
         return _sessions_note(self.sessions)
@@ -160,8 +170,9 @@ def engine_candidates(engine, token_lists: list[list[int]], pooled: np.ndarray, 
 
     lengths = np.array([len(tokens) for tokens in token_lists])
 
-    def alone(chunks) -> tuple[float, int, list]:
+    def alone(chunks, cpu: dict) -> tuple[float, int, list]:
         computed, latencies = 0, []
+        cpu["engine"] = -time.process_time()
         started = time.perf_counter()
         for chunk in chunks:
             ids, mask = right_pad([token_lists[i] for i in chunk])
@@ -169,11 +180,13 @@ def engine_candidates(engine, token_lists: list[list[int]], pooled: np.ndarray, 
             pooled[chunk] = engine.forward(ids, mask)
             latencies.append((time.perf_counter() - chunk_started) * 1000)
             computed += ids.size
-        return time.perf_counter() - started, computed, latencies
+        seconds = time.perf_counter() - started
+        cpu["engine"] += time.process_time()
+        return seconds, computed, latencies
 
-    def together(chunks, sessions: dict) -> tuple[float, int, list]:
+    def together(chunks, sessions: dict, cpu: dict) -> tuple[float, int, list]:
         passes = [[token_lists[i] for i in chunk] for chunk in chunks]
-        seconds, counts = run_in_processes(layout["graph"], layout["adapter"], engine.vocab_size, passes,
+        seconds, counts, cpu["engine"] = run_in_processes(layout["graph"], layout["adapter"], engine.vocab_size, passes,
                                            layout["instances"], layout["threads"], layout["shared"])
         sessions.clear()
         sessions.update(counts)
@@ -182,13 +195,16 @@ def engine_candidates(engine, token_lists: list[list[int]], pooled: np.ndarray, 
     def packing(budget, padding):
         return f"budget {budget}, padding <= {padding}" if budget else "one text per pass"
 
-    found = [EngineCandidate(f"1 process, {packing(*pair)}", lambda pair=pair: alone(_chunks(lengths, *pair)))
-             for pair in PACKINGS]
+    found = []
+    for pair in PACKINGS:
+        cpu: dict = {}
+        found.append(EngineCandidate(f"1 process, {packing(*pair)}",
+                                     lambda pair=pair, cpu=cpu: alone(_chunks(lengths, *pair), cpu), cpu=cpu))
     for pair in PROCESS_PACKINGS if layout["instances"] > 1 else ():
-        sessions: dict = {}
+        sessions, cpu = {}, {}
         found.append(EngineCandidate(f"{layout['instances']} processes sharing the cores, {packing(*pair)}",
-                                     lambda pair=pair, sessions=sessions: together(_chunks(lengths, *pair), sessions),
-                                     sessions))
+                                     lambda pair=pair, sessions=sessions, cpu=cpu: together(
+                                         _chunks(lengths, *pair), sessions, cpu), sessions, cpu))
     return found
 
 
@@ -420,6 +436,8 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
                 # timed afresh: the run that chose the best of several is the luckiest of them
                 progress(f"(a) bare {precision} engine, the best way, run {repeat + 1} of {repeats}: {best.label}")
                 engine_run.seconds.append(best.once()[0])
+                if not repeat:
+                    engine_run.cores = {part: busy / engine_run.seconds[0] for part, busy in best.cpu.items()}
                 engine_run.absorb(_engine_short_query(engine, short))
                 progress(f"(b) served {precision} ensemble, run {repeat + 1} of {repeats}")
                 one = served(server, texts, task, concurrency, 1, flops)
@@ -525,6 +543,12 @@ def ratios(results: dict, memory: dict | None = None, starts: dict | None = None
                 found[f"of that, the stub's own work around the pass, short query ms ({precision})"] = (
                     round(serve["in_stub_ms"] - serve["in_pass_ms"], 1), "-", None)
             found[f"served padded-token ratio ({precision})"] = (serve["padded_ratio"], "<= 1.15", None)
+            if serve.get("encoder_cpu_ms_per_1k_tokens") and engine.get("encoder_cpu_ms_per_1k_tokens"):
+                found[f"encoder CPU per token, served stubs / engine ({precision})"] = (
+                    round(serve["encoder_cpu_ms_per_1k_tokens"] / engine["encoder_cpu_ms_per_1k_tokens"], 3),
+                    "~ 1", None)
+                found[f"cores the encoder stubs had under load, of {serve['cores_total']} ({precision})"] = (
+                    serve["cores"].get("encoders"), "-", None)
         if serve and front:
             found[f"gateway/served tokens/s ({precision})"] = (
                 ratio(f"gateway-{precision}", f"served-{precision}"), ">= 0.95", None)

@@ -24,6 +24,7 @@ def _worker(graph: str, adapter: str, vocab_size: int, threads: int, shared: boo
     engine.warm_up()
     loaded.put(True)
     go.wait()
+    cpu = time.process_time()
     while True:
         with counter.get_lock():
             index = counter.value
@@ -31,14 +32,16 @@ def _worker(graph: str, adapter: str, vocab_size: int, threads: int, shared: boo
         if index >= len(passes):
             break
         engine.forward(*right_pad(passes[index]))
-    results.put((time.monotonic(), {width: count for width, (count, _) in engine.take_passes().items()}))
+    results.put((time.monotonic(), {width: count for width, (count, _) in engine.take_passes().items()},
+                 time.process_time() - cpu))
     engine.registry.close()
 
 
 def run_in_processes(graph: Path, adapter: Path, vocab_size: int, passes: list[list[list[int]]], processes: int,
-                     threads: int, shared: bool = True) -> tuple[float, dict[str, int]]:
+                     threads: int, shared: bool = True) -> tuple[float, dict[str, int], float]:
     """Seconds from the start until the last of `processes` engine processes ran out of `passes` (each
-    a list of token lists, right-padded into one forward), and the passes run on each session."""
+    a list of token lists, right-padded into one forward), the passes run on each session, and the
+    CPU seconds the processes spent on them."""
     context = multiprocessing.get_context("spawn")  # no onnxruntime or torch state forked from this process
     counter, loaded, go, results = context.Value("i", 0), context.Queue(), context.Event(), context.Queue()
     with tempfile.TemporaryDirectory(prefix="jina-engine-passes-") as folder:
@@ -58,10 +61,10 @@ def run_in_processes(graph: Path, adapter: Path, vocab_size: int, passes: list[l
                 if worker.is_alive():
                     worker.kill()
     counts: dict[str, int] = {}
-    for _, used in finished:
+    for _, used, _ in finished:
         for width, count in used.items():
             counts[width] = counts.get(width, 0) + count
-    return max(end for end, _ in finished) - started, counts
+    return max(end for end, _, _ in finished) - started, counts, sum(cpu for _, _, cpu in finished)
 
 
 def _collect(messages, workers) -> list:
