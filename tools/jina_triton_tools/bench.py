@@ -10,9 +10,10 @@ In one run, on the same texts:
   (d) reference  what a user of the official code runs: transformers + peft with the
                  adapter unmerged, batches of 32 in the given order.
 Every run is repeated (`repeats`) and reported with its spread; a served run also says how busy
-each part kept the cores (encoder stubs, preprocess, Triton, the load generator on the same cores). Each row states its
-useful FLOP/s as a fraction of a matmul peak measured in the same run: absolute CPU
-figures vary by host, the ratios hold. Speed is reported here, never asserted in tests.
+each part kept the cores (encoder stubs, preprocess, Triton, the load generator on the same
+cores). Each row states its useful FLOP/s as a fraction of a matmul peak measured in the same
+run: absolute CPU figures vary by host, the ratios hold. Speed is reported here, never asserted
+in tests.
 """
 from __future__ import annotations
 
@@ -186,8 +187,9 @@ def engine_candidates(engine, token_lists: list[list[int]], pooled: np.ndarray, 
 
     def together(chunks, sessions: dict, cpu: dict) -> tuple[float, int, list]:
         passes = [[token_lists[i] for i in chunk] for chunk in chunks]
-        seconds, counts, cpu["engine"] = run_in_processes(layout["graph"], layout["adapter"], engine.vocab_size, passes,
-                                           layout["instances"], layout["threads"], layout["shared"])
+        seconds, counts, cpu["engine"] = run_in_processes(layout["graph"], layout["adapter"], engine.vocab_size,
+                                                          passes, layout["instances"], layout["threads"],
+                                                          layout["shared"])
         sessions.clear()
         sessions.update(counts)
         return seconds, sum(len(chunk) * int(lengths[chunk].max()) for chunk in chunks), []
