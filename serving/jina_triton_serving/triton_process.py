@@ -135,6 +135,22 @@ def free_port() -> int:
     raise ServeError("no free loopback port")
 
 
+def command_line(pid: int) -> list[bytes] | None:
+    """A process's argv from /proc (empty for a zombie), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+
+
+def stub_model(argv: list[bytes] | None) -> tuple[str, str] | None:
+    """(model, version) a Python-backend stub serves, from its argv; None for any other process."""
+    if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:  # a zombie has no argv
+        version = Path(argv[1].decode(errors="replace")).parent  # .../<model>/<version>/model.py
+        return version.parent.name, version.name
+    return None
+
+
 def die_with_parent() -> None:
     """In the child before exec: Linux sends it SIGTERM when the launching process dies."""
     try:
@@ -410,13 +426,9 @@ class TritonServer:
         """Live Python-backend stubs of this server: (model, version) -> their pids."""
         found: dict[tuple[str, str], set[int]] = {}
         for pid in descendants(self.process.pid):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:  # a zombie has no argv
-                version = Path(argv[1].decode()).parent  # .../<model>/<version>/model.py
-                found.setdefault((version.parent.name, version.name), set()).add(pid)
+            model = stub_model(command_line(pid))
+            if model:
+                found.setdefault(model, set()).add(pid)
         return found
 
     def repository_index(self) -> dict[tuple[str, str], str]:
@@ -466,10 +478,11 @@ class TritonServer:
             if self.process.poll() is not None:
                 raise ServeError(f"tritonserver exited with code {self.process.returncode} while "
                                  f"loading the models{self._log_hint()}")
-            if self.metrics_up() and self.ready():  # metrics open last, tens of ms after ready
+            endpoints_up = self.metrics_up()  # Triton opens it last, tens of ms after HTTP answers ready
+            if endpoints_up and self.ready():
                 self.failed = {}
                 return self.failed
-            if self.live() and self.metrics_up():
+            if endpoints_up and self.live():
                 self.failed = self.failed_models()
                 if self.failed and all(name in self.failed for name in self._ensembles()):
                     self.stop()

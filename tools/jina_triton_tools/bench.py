@@ -274,12 +274,13 @@ def _load(send, requests: list[list[Text]], concurrency: int, repeats: int, serv
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(send, requests[:concurrency]))  # warm every connection and instance
         for repeat in range(repeats):
-            before, used = _encoder_counters(server.metrics_url), cpu_by_part(server.process.pid, cpu)
+            if repeat == 0:
+                before, used = _encoder_counters(server.metrics_url), cpu_by_part(server.process.pid, cpu)
             started = time.perf_counter()
             latencies = list(pool.map(send, requests))
             run.seconds.append(time.perf_counter() - started)
-            after = _encoder_counters(server.metrics_url)
             if repeat == 0:
+                after = _encoder_counters(server.metrics_url)
                 run.cores = {part: busy / run.seconds[-1] for part, busy in
                              _grown(used, cpu_by_part(server.process.pid, cpu)).items()}
                 run.latencies_ms = latencies

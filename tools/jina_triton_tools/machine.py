@@ -108,18 +108,15 @@ def pss_bytes(pid: int) -> int:
 def server_processes(root: int) -> list[tuple[str, int]]:
     """(label, pid) of a server and every process under it: tritonserver, each Python-backend stub
     by its model's name."""
-    from jina_triton_serving.triton_process import descendants
+    from jina_triton_serving.triton_process import command_line, descendants, stub_model
 
     found = []
     for pid in [root, *descendants(root)]:
-        try:
-            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+        argv = command_line(pid)
+        if argv is None:
             continue
-        label = name[0].rsplit(b"/", 1)[-1].decode(errors="replace")
-        if label == "triton_python_backend_stub" and len(name) > 1:
-            label = name[1].decode(errors="replace").split("/")[-3]  # .../<model>/<version>/model.py
-        found.append((label, pid))
+        model = stub_model(argv)
+        found.append((model[0] if model else argv[0].rsplit(b"/", 1)[-1].decode(errors="replace"), pid))
     return found
 
 
@@ -130,7 +127,7 @@ def server_memory(root: int) -> dict:
     for label, pid in server_processes(root):
         try:
             per_process[label] = per_process.get(label, 0) + pss_bytes(pid)
-        except (OSError, IndexError):
+        except OSError:  # gone since it was listed
             continue
     return {"total_mb": round(sum(per_process.values()) / 2**20),
             "by_process_mb": {k: round(v / 2**20) for k, v in sorted(per_process.items())}}
