@@ -53,10 +53,15 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
         processes = report["memory"][name]["after load"]["by_process_mb"]
         assert processes["tritonserver"] > 0 and processes["encoder_retrieval"] > 0, processes
         assert ("encoder_clustering" in processes) == (name != "fp32 --tasks retrieval")
+        if name in ("fp32", "int8"):  # also before the encoders' idle trim, as the load ends
+            assert report["memory"][name]["as the served load ends"]["by_process_mb"]["encoder_retrieval"] > 0
     assert all(report["start"][p]["ready_s"] > 0 for p in ("fp32", "int8"))
     for precision in ("fp32", "int8"):  # the short query's time in the encoder stub, and its pass within it
         served = report["results"][f"served-{precision}"]
         assert 0 < served["in_pass_ms"] < served["in_stub_ms"] and "passes on one thread" in served["note"]
+        for kind, under in (("served", "engine"), ("gateway", "served")):  # timed in turn with the layer under
+            gap = report["ratios"][f"{kind} - {under} short query ms, paired ({precision})"][0]
+            assert gap == report["results"][f"{kind}-{precision}"]["gap_ms"] and gap > -5, gap
         for kind in ("served", "gateway"):  # how busy each part kept the cores, the load generator included
             cores = report["results"][f"{kind}-{precision}"]["cores"]
             parts = {"encoders", "preprocess", "postprocess", "tritonserver", "load generator (the bench)"}

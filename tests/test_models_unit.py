@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import numpy as np
 import pytest
+
+from jina_triton_pipeline.heap import IdleRelease
 
 from fake_triton import FINAL, Logger, Request, SentRequest, load_model, texts
 
@@ -112,6 +115,21 @@ def test_a_cancelled_request_costs_no_compute(encoder, monkeypatch):
     assert responses[0].error.code() == "UNAVAILABLE" and "cancelled" in responses[0].error.message()
     assert responses[1].error is None
     assert passes == [(1, 2)]  # one pass, with the live request's one row of two tokens only
+
+
+def test_an_encoder_returns_its_heap_once_idle_after_a_big_execute(encoder, monkeypatch):
+    """Not inside the execute (the next pass would fault the pages back in): after it, once idle."""
+    released = threading.Event()
+    monkeypatch.setattr(encoder.step, "heap", IdleRelease(idle_s=0.05, release=released.set))
+    encoder.execute([Request(_ids([7, 128001]))])  # 2 tokens: nothing worth returning
+    assert not released.wait(0.5)
+    forward = encoder.step.engine.forward
+    monkeypatch.setattr(encoder.step.engine, "forward",
+                        lambda ids, mask: (released.is_set() and pytest.fail("released during an execute"))
+                        or forward(ids, mask))
+    responses = encoder.execute([Request(_ids([5] * 63 + [128001])) for _ in range(9)])  # 576 tokens
+    assert all(response.error is None for response in responses)
+    assert released.wait(10)
 
 
 def test_each_request_is_answered_when_its_rows_are_done(tiny_repository, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import sample_texts
 from jina_triton_client.validation import InvalidArgument
+from jina_triton_pipeline.heap import IdleRelease
 from jina_triton_pipeline.packing import plan_chunks, run_packed
 from jina_triton_pipeline.pooling import last_token, matryoshka
 from jina_triton_pipeline.quantization import Calibration, to_binary, to_int8, to_ubinary, to_uint8
@@ -310,3 +312,26 @@ def test_freed_heap_goes_back_to_the_system():
     out = subprocess.run([sys.executable, "-c", HEAP_PROBE, root], capture_output=True, text=True, check=True)
     before, after = (int(x) for x in out.stdout.split())
     assert before - after > 100, (before, after)
+
+
+def test_the_heap_is_returned_only_once_idle_after_an_execute_that_grew_it():
+    released = threading.Event()
+    heap = IdleRelease(idle_s=0.05, release=released.set)
+    with heap.running():
+        heap.grew()
+        assert not released.wait(0.3)  # never while an execute runs, however long
+    assert released.wait(10)
+    released.clear()
+    with heap.running():
+        heap.grew()
+    with heap.running():  # the next execute came within the idle time
+        assert not released.wait(0.3)
+    assert released.wait(10)
+    released.clear()
+    with heap.running():
+        pass  # an execute that grew nothing
+    assert not released.wait(0.3)
+    patient = IdleRelease(idle_s=60, release=released.set)
+    with patient.running():
+        patient.grew()
+    assert not released.wait(0.3)  # not before the idle time has passed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .heap import RELEASE_AFTER_TOKENS, release_free_memory
+from .heap import RELEASE_AFTER_TOKENS, IdleRelease, release_free_memory
 from .internals import ATTENTION_MASK, ENCODE_US, INPUT_IDS, POOLED_STATE
 from .limits import Unavailable, check_token_batch
 from .model_metrics import ModelMetrics
@@ -52,8 +52,13 @@ class EncoderStep:
         self.token_budget, self.max_length, self.max_padding = token_budget, max_length, max_padding
         self.metrics = ModelMetrics(pb_utils, model_name, instance)
         release_free_memory()  # what loading and warming up the engine left behind (call warm_up first)
+        self.heap = IdleRelease()
 
     def execute(self, requests) -> list | None:
+        with self.heap.running():
+            return self._execute(requests)
+
+    def _execute(self, requests) -> list | None:
         replies = Replies(self.pb, requests, early=getattr(self.engine.passes, "on_host", False))
         inputs = {}
         for index, request in enumerate(requests):
@@ -88,7 +93,7 @@ class EncoderStep:
         if hasattr(self.engine, "take_passes"):
             self.metrics.passes(self.engine.take_passes())
         if packed.computed_tokens >= RELEASE_AFTER_TOKENS:  # big passes' activations, else kept for good
-            release_free_memory()
+            self.heap.grew()
         for k, index in enumerate(order):
             if not replies.pending(index):
                 continue
