@@ -62,6 +62,8 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
         for kind, under in (("served", "engine"), ("gateway", "served")):  # timed in turn with the layer under
             gap = report["ratios"][f"{kind} - {under} short query ms, paired ({precision})"][0]
             assert gap == report["results"][f"{kind}-{precision}"]["gap_ms"] and gap > -5, gap
+        pass_over_bare = report["ratios"][f"of that, the pass in the stub - the same pass bare, short query ms ({precision})"][0]
+        assert pass_over_bare == round(served["in_pass_ms"] - served["under_ms"], 1)  # the bare one of the same pairs
         for kind in ("served", "gateway"):  # how busy each part kept the cores, the load generator included
             cores = report["results"][f"{kind}-{precision}"]["cores"]
             parts = {"encoders", "preprocess", "postprocess", "tritonserver", "load generator (the bench)"}
