@@ -45,7 +45,6 @@ class IdleRelease:
         self.idle_s, self._release = idle_s, release
         self._changed = threading.Condition()
         self._running, self._grown, self._last = 0, False, time.monotonic()
-        self.releases = 0
         threading.Thread(target=self._watch, name="heap-release", daemon=True).start()
 
     @contextmanager
@@ -76,4 +75,3 @@ class IdleRelease:
                     continue
                 self._grown = False
             self._release()
-            self.releases += 1

@@ -79,7 +79,7 @@ class Run:
     note: str = ""
     samples: dict = field(default_factory=dict)      # each of PER_REPEAT's values by repeat; the median is kept
     sessions: dict = field(default_factory=dict)     # served: the first repeat's passes on each session
-    memory: dict | None = None                       # the whole server's PSS as the first repeat ends
+    memory: dict | None = None                       # served: the whole server's PSS as its load ends
     cores: dict = field(default_factory=dict)        # cores busy on average by part in the first repeat
 
     def absorb(self, other: "Run") -> "Run":
@@ -313,7 +313,6 @@ def _load(send, requests: list[list[Text]], concurrency: int, repeats: int, serv
                 run.latencies_ms = latencies
                 run.computed_tokens = int(after["tokens"]["computed"] - before["tokens"]["computed"])
                 run.sessions = _grown(before["passes"], after["passes"])
-                run.memory = server_memory(server.process.pid)  # before the encoders' idle trim
     return run
 
 
@@ -331,6 +330,7 @@ def served(server, texts: list[Text], task: str, concurrency: int, repeats: int,
 
     run = Run("served", texts=len(texts), real_tokens=sum(t.tokens for t in texts), flops=flops)
     _load(send, _requests(texts, documents_per_request), concurrency, repeats, server, run)
+    run.memory = server_memory(server.process.pid)  # before the encoders' idle trim
     time.sleep(1.0)  # zero load
     with EmbeddingClient(server.grpc_url) as single:
         before, counted = compute_infer(server, encoder_name(task)), _encoder_counters(server.metrics_url)
@@ -556,13 +556,6 @@ def _tokenizer_label(checkpoint) -> str:
     return info.get("tokenizer", "the checkpoint's own") if info else "the checkpoint's own"
 
 
-def _gap(top: dict, under: dict) -> float:
-    """`top`'s short query over `under`'s: timed in turn where the bench did (gap_ms), else the medians'."""
-    if top.get("gap_ms") is not None:
-        return top["gap_ms"]
-    return round(top["short_query_ms"] - under["short_query_ms"], 1)
-
-
 def ratios(results: dict, memory: dict | None = None, starts: dict | None = None, cold: bool = True,
            packings: dict | None = None) -> dict:
     """name -> (value, target, the figure before the shared backbone or None)."""
@@ -583,11 +576,10 @@ def ratios(results: dict, memory: dict | None = None, starts: dict | None = None
                 found[f"served / best one-process engine tokens/s ({precision})"] = (
                     round(serve["tokens_per_s"] / max(alone), 3), ">= 0.95", None)
             found[f"served - engine short query ms, paired ({precision})"] = (
-                _gap(serve, engine), "<= 10",
+                serve["gap_ms"], "<= 10",
                 PREVIOUS["served short query ms (fp32)"] - PREVIOUS["engine short query ms (fp32)"]
                 if precision == "fp32" else None)
-            # the bare engine timed in turn with the served queries where the bench did, else its own row's
-            bare = serve.get("under_ms") or engine["short_query_ms"]
+            bare = serve["under_ms"]  # the bare engine of the same pairs as the served short queries
             found[f"engine in the stub - bare engine, short query ms ({precision})"] = (
                 round(serve["in_stub_ms"] - bare, 1), "~ 0",
                 PREVIOUS["stub - engine short query ms (fp32)"] if precision == "fp32" else None)
@@ -606,7 +598,7 @@ def ratios(results: dict, memory: dict | None = None, starts: dict | None = None
         if serve and front:
             found[f"gateway/served tokens/s ({precision})"] = (
                 ratio(f"gateway-{precision}", f"served-{precision}"), ">= 0.95", None)
-            found[f"gateway - served short query ms, paired ({precision})"] = (_gap(front, serve), "<= 3", None)
+            found[f"gateway - served short query ms, paired ({precision})"] = (front["gap_ms"], "<= 3", None)
         if serve and results.get("reference-fp32"):
             found[f"served/reference tokens/s ({precision})"] = (
                 ratio(f"served-{precision}", "reference-fp32", 2), ">= 3.0", None)
