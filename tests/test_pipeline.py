@@ -137,6 +137,8 @@ def test_chunks_cover_every_row_within_budget(lengths, budget):
         assert len(chunk) == 1 or len(chunk) * lengths[chunk].max() <= budget
         padded, real = len(chunk) * lengths[chunk].max(), lengths[chunk].sum()
         assert len(chunk) == 1 or padded - real <= max(0.10 * real + 1e-9, PASS_TOKENS)
+    for chunk in plan_chunks(lengths, budget, pass_tokens=0):  # without the allowance: the bound alone
+        assert len(chunk) == 1 or len(chunk) * lengths[chunk].max() <= 1.10 * lengths[chunk].sum() + 1e-9
 
 
 def test_short_texts_share_a_pass_when_their_padding_costs_less_than_one():
@@ -145,7 +147,9 @@ def test_short_texts_share_a_pass_when_their_padding_costs_less_than_one():
     assert [c.tolist() for c in plan_chunks(np.array([20, 9]), 512, pass_tokens=0)] == [[1], [0]]
     # a long one does not take a short one in: its padding is both over 10 % and over a pass's cost
     assert [c.tolist() for c in plan_chunks(np.array([9, 200]), 512)] == [[0], [1]]
+    # long texts within 10 % of each other still share one, up to the budget
     assert [c.tolist() for c in plan_chunks(np.array([200, 190, 185]), 600)] == [[2, 1, 0]]
+    assert [c.tolist() for c in plan_chunks(np.array([200, 190, 185]), 599)] == [[2, 1], [0]]
 
 
 def _toy_requests(rng):

@@ -20,7 +20,7 @@ PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp16", "bf16", "fp32"), "tensor
 DEFAULT_PRECISION = {"cpu": "fp32", "cuda": "fp16", "tensorrt": "fp16"}
 # The padding bound per pass. On 2 CPU cores a pass costs its padded tokens whatever its size;
 # on a GPU a pass of a few hundred tokens leaves it idle: with 1,024 rows per execute, a 32,768-token
-# budget and 1.25, the mixed workload packs into ~19k-token passes at 1.12 padded/real (a packing
+# budget and 1.25, the mixed workload packs into ~18k-token passes at 1.11 padded/real (a packing
 # simulation, `jina-triton gpu-check` prints it; GPU speed itself is unmeasured here).
 CPU_MAX_PADDING, GPU_MAX_PADDING = MAX_PADDING, 1.25
 # The cpu defaults come from `make bench-sweep` on this machine kind (README, "CPU defaults"): with a
@@ -77,7 +77,8 @@ class BuildOptions:
                                       "where a longer text runs alone in its pass; 32768 on a GPU)",
                                       templates=("encoder_onnx", "encoder_torch"))
     max_padding: float | None = option(None, "padded / real tokens allowed in one forward pass (default 1.10 on cpu, "
-                                       "where padding costs in full; 1.25 on a GPU, where small passes cost more)",
+                                       "where padding costs in full; 1.25 on a GPU, where small passes cost more); "
+                                       "a pass may pad up to 24 tokens whatever the bound",
                                        templates=("encoder_onnx", "encoder_torch"), minimum=1, kind=float)
     encoder_max_rows: int | None = option(None, "rows one encoder execute takes from all the requests queued "
                                           "(its max_batch_size; default: the texts per request on cpu, 1024 on "

@@ -20,7 +20,7 @@ import numpy as np
 
 MAX_PADDING = 1.10  # the cpu target's bound: padded tokens / real tokens inside one chunk
 # What a pass costs before its first token, in tokens: it streams every weight once however few its
-# rows (measured on one thread of the full replica: ~28 ms fp32 / ~9 ms int8, the time of ~27 / ~21
+# rows (measured on one thread of the full replica: ~28 ms fp32 / ~9 ms int8, the time of ~26 / ~23
 # tokens). Padding up to that much is cheaper than one more pass.
 PASS_TOKENS = 24
 
