@@ -60,6 +60,9 @@ def test_a_network_address_without_keys_is_refused_unless_anonymous_is_asked_for
     clean = {k: "" for k in os.environ if k.startswith("JINA_TRITON_") and k.endswith("_KEY")}
     with _gateway(Nowhere(), "--host", "0.0.0.0", "--allow-anonymous", env={**clean, "JINA_TRITON_API_KEY": ""}) as gw:
         assert httpx.get(f"{gw.url}/health", timeout=WAIT).status_code == 200
+    # started as the tests and tools start it, a gateway that refuses to start says why in the error
+    with pytest.raises(RuntimeError, match="--allow-anonymous"):
+        _gateway(Nowhere(), "--host", "0.0.0.0", env={**clean, "JINA_TRITON_API_KEY": ""}).start()
 
 
 def test_serve_refuses_an_open_gateway_before_starting_triton(tiny_repository, tmp_path):

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,16 +47,19 @@ class GatewayProcess:
 
     def start(self) -> "GatewayProcess":
         command = gateway_command(self.server.grpc_url, "--port", str(self.port), *self.args)
-        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        # without a log file its output is kept aside, to be told if it fails to start
+        output = open(self.log_file, "ab") if self.log_file else tempfile.TemporaryFile()
         key = getattr(getattr(self.server, "security", None), "lock_key", None)  # a real TritonServer's
         lock = {LOCK_KEY_ENV: key} if key else {}
         self.process = subprocess.Popen(command, env={**os.environ, **lock, **self.env}, stdout=output,
                                         stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         try:
             wait_listening(self.process, "127.0.0.1", self.port)
-        except RuntimeError:
+        except RuntimeError as exc:
             self.stop()
-            raise
+            raise RuntimeError(f"{exc}: {_tail(output, self.log_file)}") from None
+        finally:
+            output.close()  # the child holds its own copy
         return self
 
     def stop(self) -> None:
@@ -71,3 +75,13 @@ class GatewayProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _tail(output, log_file: Path | None, size: int = 2000) -> str:
+    """The end of what the gateway wrote: its log file, or the file its output was kept in."""
+    if log_file:
+        data = Path(log_file).read_bytes()
+    else:
+        output.seek(0)
+        data = output.read()
+    return data[-size:].decode(errors="replace").strip() or "it wrote nothing"
