@@ -8,7 +8,7 @@ import argparse
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from jina_triton_pipeline.packing import MAX_PADDING
+from jina_triton_pipeline.packing import MAX_PADDING, PASS_TOKENS
 from jina_triton_client.contract import (
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_TOKENS,
     DEFAULT_MAX_TEXT_BYTES, MIN_MAX_LENGTH, task_list)
@@ -78,7 +78,7 @@ class BuildOptions:
                                       templates=("encoder_onnx", "encoder_torch"))
     max_padding: float | None = option(None, "padded / real tokens allowed in one forward pass (default 1.10 on cpu, "
                                        "where padding costs in full; 1.25 on a GPU, where small passes cost more); "
-                                       "a pass may pad up to 24 tokens whatever the bound",
+                                       f"a pass may pad up to {PASS_TOKENS} tokens whatever the bound",
                                        templates=("encoder_onnx", "encoder_torch"), minimum=1, kind=float)
     encoder_max_rows: int | None = option(None, "rows one encoder execute takes from all the requests queued "
                                           "(its max_batch_size; default: the texts per request on cpu, 1024 on "

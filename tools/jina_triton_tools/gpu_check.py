@@ -441,8 +441,10 @@ def markdown(report: dict) -> str:
                           f"({engine['device']}, {engine['precision']}): {engine['tokens_per_s']} real tokens/s, "
                           f"padded/real {engine['padded_ratio']}, load + warm-up {engine['load_and_warm_up_s']} s"]
     if report.get("packing"):
-        lines += ["", "| rows per execute | budget | padding bound (or 24 tokens) | passes / 1k rows | padded/real "
-                      "| tokens/pass |",
+        from jina_triton_pipeline.packing import PASS_TOKENS
+
+        lines += ["", f"| rows per execute | budget | padding bound (or {PASS_TOKENS} tokens) | passes / 1k rows "
+                      "| padded/real | tokens/pass |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {p['rows_per_execute']} | {p['budget']} | {p['max_padding']} | {p['passes_per_1k_rows']} | "
                   f"{p['padded_over_real']} | {p['tokens_per_pass']} |" for p in report["packing"]]
