@@ -76,6 +76,12 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
     assert 0.9 < report["int8_cosine_vs_fp32"]["mean"] <= 1.0
     assert report["vocabularies"]["served"] > 0 and report["vocabularies"]["small_bpe"] > 0
     assert "| served-fp32 |" in result.stdout and "matmul peak" in result.stdout
+    for precision in ("fp32", "int8"):  # each run paired with the engine of its repeat, the order rotated
+        assert len(report["ratios"][f"served/engine tokens/s, run by run ({precision})"][0].split(", ")) == 2
+        log = result.stdout + result.stderr
+        first = [log.index(f"{step}, run {run} of 2") for run in (1, 2) for step in
+                 (f"(a) bare {precision} engine, the best way", f"(b) served {precision} ensemble")]
+        assert first[0] < first[1] and first[3] < first[2], first  # engine first in run 1, served first in run 2
 
 
 def test_the_sweep_serves_every_candidate_in_each_round(tmp_path, tiny_checkpoint, engine_cache, fp32_engines):

@@ -248,6 +248,12 @@ def _engine_short_query(engine, short: list[int]) -> Run:
     return run
 
 
+def rotated(items: list, by: int) -> list:
+    """`items` rotated left `by` places: each repeat starts with the next one."""
+    by %= max(1, len(items))
+    return items[by:] + items[:by]
+
+
 def _add_repeat(runs: dict, name: str, one: Run) -> None:
     runs[name] = runs.get(name, one).absorb(one)
 
@@ -476,23 +482,32 @@ def run_bench(checkpoint, out: Path, precisions=("fp32", "int8"), profile: str =
             engine_run.computed_tokens, engine_run.latencies_ms = measured[best.label][1:]
             front = held.enter_context(GatewayProcess(server, log_file=out / f"gateway-{precision}.log")) \
                 if gateway else None
-            # engine, served and gateway in turn, each repeat: a host that drifts moves them together
-            for repeat in range(repeats):
+            # engine, served and gateway in turn each repeat (a host that drifts moves them together),
+            # the order rotated from repeat to repeat (whichever runs first or last is not always the same)
+            def engine_step(repeat):
                 # timed afresh: the run that chose the best of several is the luckiest of them
                 progress(f"(a) bare {precision} engine, the best way, run {repeat + 1} of {repeats}: {best.label}")
                 engine_run.seconds.append(best.once()[0])
                 if not repeat:
                     engine_run.cores = {part: busy / engine_run.seconds[0] for part, busy in best.cpu.items()}
                 engine_run.absorb(_engine_short_query(engine, short))
+
+            def served_step(repeat):
                 progress(f"(b) served {precision} ensemble, run {repeat + 1} of {repeats}")
                 one = served(server, texts, task, concurrency, 1, flops, bare=_bare_short_query(engine, short))
                 _add_repeat(runs, f"served-{precision}", one)
                 if not repeat:
                     memory[precision]["as the served load ends"] = one.memory
-                if front is not None:
-                    progress(f"(c) {precision} through the gateway, run {repeat + 1} of {repeats}")
-                    one = through_gateway(front, server, texts, task, concurrency, 1, flops)
-                    _add_repeat(runs, f"gateway-{precision}", one)
+
+            def gateway_step(repeat):
+                progress(f"(c) {precision} through the gateway, run {repeat + 1} of {repeats}")
+                _add_repeat(runs, f"gateway-{precision}", through_gateway(front, server, texts, task, concurrency, 1,
+                                                                          flops))
+
+            steps = [engine_step, served_step] + ([gateway_step] if front is not None else [])
+            for repeat in range(repeats):
+                for step in rotated(steps, repeat):
+                    step(repeat)
             engine_run.note = (f"best of {len(candidates)} (each run once to choose, then timed afresh each "
                                f"repeat): {best.label}{best.note()}")
             runs[f"engine-{precision}"] = engine_run
@@ -575,6 +590,9 @@ def ratios(results: dict, memory: dict | None = None, starts: dict | None = None
         if engine and serve:
             found[f"served/engine tokens/s ({precision})"] = (ratio(f"served-{precision}", f"engine-{precision}"),
                                                                ">= 0.95", PREVIOUS.get(f"served/engine ({precision})"))
+            paired = [round(bottom / top, 3) for top, bottom in zip(serve["seconds"], engine["seconds"])]
+            if len(paired) > 1:  # each run's served against the engine of the same repeat: how far the noise reaches
+                found[f"served/engine tokens/s, run by run ({precision})"] = (", ".join(map(str, paired)), "-", None)
             alone = [tokens for label, tokens in (packings or {}).get(precision, {}).items() if label.startswith("1 ")]
             if alone:  # the ceiling the target was first set against: the best packing in one process
                 found[f"served / best one-process engine tokens/s ({precision})"] = (
@@ -636,7 +654,8 @@ def _peaks_text(peaks: dict) -> str:
 def markdown(report: dict) -> str:
     m, cpu = report["machine"], report["machine"]["cpu"]
     lines = [f"## Benchmark: {report['profile']} profile, {report['texts']} texts, task {report['task']}, "
-             f"concurrency {report['concurrency']}, {report['repeats']} runs each",
+             f"concurrency {report['concurrency']}, {report['repeats']} runs each (engine, served and gateway in "
+             f"turn, the order rotated from run to run)",
              "", f"{report['checkpoint']}; tokenizer: {report['tokenizer']}", "",
              f"CPU: {cpu['model']} (family {cpu['family']}, model {cpu['model_id']}; {', '.join(cpu['flags']) or 'no'} "
              f"vector extensions), {cpu['cores']} cores; fp32 matmul peak on {m['threads']} threads: "
