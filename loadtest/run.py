@@ -128,11 +128,10 @@ def locust_step(target: Target, args, users: int, seconds: float, prefix: Path, 
                "--csv", str(prefix), "--html", str(prefix) + ".html", "--only-summary", "--loglevel", "WARNING",
                f"--scenario={args.scenario}", f"--events={events}", *urls, *extra,
                *(classes or CLASSES[args.protocol])]
-    from jina_triton_serving.triton_process import die_with_parent
+    from jina_triton_serving.child_launch import guarded
 
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=open(str(prefix) + ".log", "w"), stderr=subprocess.STDOUT,
-                               preexec_fn=die_with_parent)
+    process = subprocess.Popen(guarded(command), stdout=open(str(prefix) + ".log", "w"), stderr=subprocess.STDOUT)
     deadline = seconds + STOP_TIMEOUT_S + 60  # locust must be done by then, or it hangs
     killed = False
     while process.poll() is None:

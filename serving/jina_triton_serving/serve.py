@@ -26,7 +26,8 @@ from jina_triton_pipeline.internals import task_models
 from .gateway.process import gateway_command, wait_listening
 from .settings import ADMIN_KEY_ENV, API_KEY_ENV, LOCK_KEY_ENV, STATUS_FILE_ENV, ServeOptions
 from .supervisor import StubSupervisor
-from .triton_process import ServeError, TritonServer, die_with_parent
+from .child_launch import guarded
+from .triton_process import ServeError, TritonServer
 
 log = logging.getLogger("jina_triton")
 
@@ -96,7 +97,7 @@ def start_gateway(options: ServeOptions, server: TritonServer, status: Path, lim
                               "--max-request-tokens", str(limits["max_request_tokens"]),
                               "--max-length", str(limits["max_length"]), "--tasks", ",".join(tasks))
     env = {**os.environ, STATUS_FILE_ENV: str(status), LOCK_KEY_ENV: server.security.lock_key}
-    return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+    return subprocess.Popen(guarded(command), env=env)
 
 
 def effective_limits(manifest: dict, lowered: dict) -> dict:

@@ -27,6 +27,8 @@ from pathlib import Path
 from jina_triton_client.contract import FORWARDED_HEADERS
 from jina_triton_models.layout import default_cache_dir, digest, hold, private_dir
 
+from .child_launch import guarded
+
 STUB = "triton_python_backend_stub"
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace", "statistics")
 ADMIN_KEY_HEADER = "admin-key"                      # Triton's restricted-API header over HTTP
@@ -149,56 +151,6 @@ def stub_model(argv: list[bytes] | None) -> tuple[str, str] | None:
         version = Path(argv[1].decode(errors="replace")).parent  # .../<model>/<version>/model.py
         return version.parent.name, version.name
     return None
-
-
-def die_with_parent() -> None:
-    """In the child before exec: Linux sends it SIGTERM when the launching process dies."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
-
-
-def enter_private_shm(size: int) -> bool:
-    """In Triton's child before exec: a mount namespace of its own with a fresh tmpfs at /dev/shm.
-
-    The Python backend creates its regions (request texts, embeddings) mode 0644 whatever the
-    umask (boost.interprocess sets the mode itself), so on a shared /dev/shm every local user
-    could read them. In a private mount no other process sees them, and they vanish with the
-    server. Unprivileged users get the mount through a user namespace mapping only their own
-    uid (capabilities in it end at exec). Where neither is allowed (a container's seccomp
-    profile; a container has its own /dev/shm anyway) it changes nothing and returns False."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(CLONE_NEWNS | (0 if uid == 0 else CLONE_NEWUSER)) != 0:
-        return False
-    try:
-        if uid != 0:
-            for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-                with open(f"/proc/self/{name}", "w") as file:
-                    file.write(text)
-    except OSError:
-        return False
-    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        return False
-    options = f"size={size},mode=0700".encode()
-    return libc.mount(b"tmpfs", str(SHM_DIR).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
-
-
-def private_child(shm_size: int | None = None) -> None:
-    """Triton's preexec: dies with its parent, its shared memory private (see `enter_private_shm`), and
-    what else it creates readable by its own user only."""
-    os.umask(0o077)
-    if shm_size:
-        enter_private_shm(shm_size)
-    die_with_parent()
 
 
 def descendants(root: int) -> list[int]:
@@ -395,9 +347,10 @@ class TritonServer:
             self.repository = self._held.enter_context(hold(self.repository))
         output = open(self.log_file, "ab") if self.log_file else None
         size = _shm_total() if self.private_shm else None
-        self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=output,
-                                        stderr=subprocess.STDOUT if output else None,
-                                        start_new_session=True, preexec_fn=lambda: private_child(size))
+        # dies with us, what it creates readable by its own user only, its shared memory private
+        self.process = subprocess.Popen(guarded(self.command(), umask=0o077, private_shm=size),
+                                        env=self.environment(), stdout=output,
+                                        stderr=subprocess.STDOUT if output else None, start_new_session=True)
         return self
 
     @property

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from ..settings import LOCK_KEY_ENV
-from ..triton_process import die_with_parent, free_port
+from ..child_launch import guarded
+from ..triton_process import free_port
 
 
 def gateway_command(triton: str, *args: str) -> list[str]:
@@ -51,8 +52,8 @@ class GatewayProcess:
         output = open(self.log_file, "ab") if self.log_file else tempfile.TemporaryFile()
         key = getattr(getattr(self.server, "security", None), "lock_key", None)  # a real TritonServer's
         lock = {LOCK_KEY_ENV: key} if key else {}
-        self.process = subprocess.Popen(command, env={**os.environ, **lock, **self.env}, stdout=output,
-                                        stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(guarded(command), env={**os.environ, **lock, **self.env}, stdout=output,
+                                        stderr=subprocess.STDOUT)
         try:
             wait_listening(self.process, "127.0.0.1", self.port)
         except RuntimeError as exc:
