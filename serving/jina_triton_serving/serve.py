@@ -23,10 +23,10 @@ from jina_triton_client.contract import ensemble_name, task_list
 from jina_triton_models.layout import read_manifest
 from jina_triton_pipeline.internals import task_models
 
+from .child_launch import guarded
 from .gateway.process import gateway_command, wait_listening
 from .settings import ADMIN_KEY_ENV, API_KEY_ENV, LOCK_KEY_ENV, STATUS_FILE_ENV, ServeOptions
 from .supervisor import StubSupervisor
-from .child_launch import guarded
 from .triton_process import ServeError, TritonServer
 
 log = logging.getLogger("jina_triton")

@@ -27,13 +27,13 @@ from pathlib import Path
 from jina_triton_client.contract import FORWARDED_HEADERS
 from jina_triton_models.layout import default_cache_dir, digest, hold, private_dir
 
-from .child_launch import guarded
+from .child_launch import SHM_DIR as SHM_PATH, guarded
 
 STUB = "triton_python_backend_stub"
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace", "statistics")
 ADMIN_KEY_HEADER = "admin-key"                      # Triton's restricted-API header over HTTP
 GRPC_ADMIN_KEY_HEADER = "triton-grpc-protocol-" + ADMIN_KEY_HEADER   # ... and over gRPC
-SHM_DIR = Path("/dev/shm")
+SHM_DIR = Path(SHM_PATH)  # where Triton's regions are (its own tmpfs there where allowed)
 SHM_STUB_BYTES = 1 << 20                             # the Python backend's default region per stub
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # The environment Triton and the Python stubs inherit: these names and prefixes only.
