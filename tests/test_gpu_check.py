@@ -82,7 +82,8 @@ def _check(tree: Path, bundle: Path, python: Path, out: Path, *args: str) -> sub
 @pytest.mark.server
 def test_the_gpu_check_runs_from_a_raw_tree_in_the_boxs_environment(tree, bundle, box_python, tmp_path):
     out = tmp_path / "out"
-    done = _check(tree, bundle, box_python, out, "--precision", "bf16", "--seconds", "2", "--texts", "32")
+    done = _check(tree, bundle, box_python, out, "--precision", "bf16", "--seconds", "2", "--texts", "32",
+                  "--sample-stacks")
     report = json.loads((out / "report.json").read_text())
     assert done.returncode == 0 and report["failures"] == [], (report["failures"], done.stdout[-4000:])
     assert set(report["steps"]) == {"environment", "replica", "build", "triton", "numpy", "parity", "engine", "served"}
@@ -97,6 +98,16 @@ def test_the_gpu_check_runs_from_a_raw_tree_in_the_boxs_environment(tree, bundle
     assert report["engine"]["tokens_per_s"] > 0 and [row["tasks"] for row in report["served"]] == [1, 4]
     assert all(row["errors"] == 0 for row in report["served"])
     assert report["packing"] and "served/engine" in (out / "report.md").read_text()
+    # where the time went: Triton's counters per model, the encoder's own engine time, each process's CPU
+    stages = report["served"][0]["stages"]
+    assert {"embed_retrieval", "preprocess", "encoder_retrieval", "postprocess"} <= set(stages["models"]), stages
+    encoder = stages["models"]["encoder_retrieval"]
+    assert 0 < encoder["engine_ms_per_execution"] <= encoder["infer_ms_per_execution"], encoder
+    assert stages["cores"]["encoder_retrieval"] > 0 and "tritonserver" in stages["cores"]
+    sampled = (out / "stacks.txt").read_text()
+    assert "## encoder_retrieval" in sampled and "## preprocess" in sampled, sampled[:2000]
+    encoder = sampled.split("## encoder_retrieval")[1].split("## ")[0]
+    assert "MainThread" in encoder and ("eurobert.py" in encoder or "encoder_step.py" in encoder), encoder
 
 
 def test_the_report_is_on_disk_after_every_step_and_a_step_past_its_bound_ends_the_check(tmp_path):

@@ -117,6 +117,27 @@ def test_a_cancelled_request_costs_no_compute(encoder, monkeypatch):
     assert passes == [(1, 2)]  # one pass, with the live request's one row of two tokens only
 
 
+def test_whether_a_request_is_still_wanted_costs_triton_one_question_per_request_per_interval():
+    """is_cancelled is a round trip to the server: asked before each pass of each request it took ~170 of
+    them per execute; now once per request at the start, then at most every `every_s`."""
+    from jina_triton_pipeline.encoder_step import Wanted
+
+    class Counted(Request):
+        asked = 0
+
+        def is_cancelled(self):
+            Counted.asked += 1
+            return self._cancelled
+
+    requests = [Counted({}), Counted({}, cancelled=True)]
+    wanted = Wanted(requests, every_s=60)
+    assert [wanted(i) for _ in range(50) for i in (0, 1)] == [True, False] * 50
+    assert Counted.asked == 2
+    requests[0]._cancelled, Counted.asked = True, 0
+    wanted.every_s = 0  # the interval passed: asked again, and a cancelled request is never asked again
+    assert [wanted(i) for _ in range(3) for i in (0, 1)] == [False, False] * 3 and Counted.asked == 1
+
+
 def test_an_encoder_returns_its_heap_once_idle_after_a_big_execute(encoder, monkeypatch):
     """Not inside the execute (the next pass would fault the pages back in): after it, once idle."""
     released = threading.Event()

@@ -34,3 +34,15 @@ def test_a_taken_metrics_port_is_picked_again_and_ready_means_metrics_answer(tmp
                 assert reply.status == 200
             assert server.ready()
     assert "already in use" in (tmp_path / "server.log").read_text()
+
+
+def test_ports_picked_one_after_another_are_never_the_same(monkeypatch):
+    """Nothing listens on a picked port until its server starts: a second pick must not return it
+    (Triton refused to start with HTTP and gRPC on one port)."""
+    import random
+
+    from jina_triton_serving.triton_process import free_port
+
+    monkeypatch.setattr(random, "sample", lambda population, count: [population[0]] * count)
+    picked = [free_port() for _ in range(3)]
+    assert len(set(picked)) == 3, picked

@@ -116,9 +116,14 @@ def backend_dir(cache: Path | None = None) -> Path:
     return root
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now, below the kernel's ephemeral range where it can be:
-    a port from that range can be taken by any outgoing connection before the server binds it."""
+    a port from that range can be taken by any outgoing connection before the server binds it. Never
+    one this process handed out before: nothing listens on a port picked a moment ago yet, so a second
+    pick could return it (Triton then refused to start, HTTP and gRPC on one port: 1 start in ~4,000)."""
     import random
     import socket
 
@@ -127,13 +132,18 @@ def free_port() -> int:
     except (OSError, ValueError, IndexError):
         low = 0
     candidates = random.sample(range(20000, low), min(32, low - 20000)) if low > 20100 else []
-    for port in [*candidates, 0]:
+    for port in [*candidates, *[0] * 8]:
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return sock.getsockname()[1]
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
     raise ServeError("no free loopback port")
 
 

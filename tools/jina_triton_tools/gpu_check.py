@@ -12,9 +12,12 @@ On a machine with an NVIDIA GPU and torch but none of this project's environment
   5. numpy        which numpy each stub loaded (from /proc/<pid>/maps);
   6. parity       served vs reference over HTTP, 4 tasks x 2 input types x dims {32, 256, 768} x
                   every output, precision-aware (see comparison.py);
-  7. engine       the bare engine on the mixed workload, packed as served;
+  7. engine       the bare engine on the mixed workload, packed as served; again with its requests
+                  in a new order each round (new pass shapes, as served traffic has), and on a GPU
+                  that way with cuDNN attention allowed (what the served engine turns off);
   8. served       the ensemble at each concurrency with 64-text requests (one task, then all four
-                  at once): tokens/s, p50/p95, padded/real, served/engine;
+                  at once): tokens/s, p50/p95, padded/real, served/engine, and where the time went
+                  (stage_profile.py; with --sample-stacks, every stub's Python stacks too);
   9. compiled     (GPU only) the bare engine again through torch.compile over length buckets.
 report.json and report.md are rewritten after every step; each step has its own time bound
 and the whole check a deadline (both end it with the report written and exit code 3).
@@ -44,7 +47,7 @@ REQUEST_TEXTS = 64
 # seconds per step on a GPU machine (the dry run on 2 CPU cores gets 3x); all of them well under
 # the device's 600 s per call only together with --deadline
 STEP_SECONDS = {"environment": 90, "replica": 60, "build": 150, "triton": 150, "numpy": 20, "parity": 90,
-                "engine": 60, "served": 150, "compiled": 200}
+                "engine": 120, "served": 150, "compiled": 200}
 COMPILE_BUCKETS = (64, 256, 512)   # the mixed workload: queries of 8-32 tokens, documents of 100-512
 
 
@@ -60,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="per served step (default 20; --cpu: 3)")
     parser.add_argument("--texts", type=int, default=None, help="workload texts (default 4096; --cpu: 64)")
     parser.add_argument("--deadline", type=float, default=480, help="seconds for the whole check")
+    parser.add_argument("--skip", default="", help="comma-separated steps to leave out: compiled (measured once, "
+                                                   "the slowest)")
+    parser.add_argument("--sample-stacks", action="store_true",
+                        help="sample every stub's Python stacks to OUT/stacks (stub_sampler.py; needs a bundle)")
     parser.add_argument("--fail-at", choices=tuple(STEP_SECONDS), help="fail on purpose at this step (tests the "
                                                                        "report written up to it)")
 
@@ -159,6 +166,19 @@ def prepare(bundle: Path | None, workdir: Path) -> tuple[Path | None, str]:
     return torch_env, str(numpy_env)
 
 
+def sample_stacks(folder: Path, *envs) -> dict[str, str]:
+    """Every stub of the check's Triton samples its own stacks (stub_sampler.py) into `folder`."""
+    from jina_triton_build.stub_env import site_packages
+
+    from .stub_sampler import PTH_LINE, PTH_NAME
+
+    if not all(envs):
+        raise CheckFailed("--sample-stacks needs the stub environments of a bundle")
+    for env in envs:
+        (site_packages(Path(env)) / PTH_NAME).write_text(PTH_LINE)
+    return {"JINA_CHECK_STACKS": str(folder.resolve())}
+
+
 def pip_inside(*envs) -> bool:
     """Whether any stub environment carries pip (it must not need one: made without ensurepip)."""
     from jina_triton_build.stub_env import site_packages
@@ -237,9 +257,11 @@ def _requests(texts, count: int = REQUEST_TEXTS) -> list[list]:
 
 
 def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, seconds: float,
-                buckets: tuple[int, ...] = ()) -> dict:
+                buckets: tuple[int, ...] = (), shuffled: bool = False, cudnn_attention: bool = False) -> dict:
     """The served encoder's own engine and packing, without Triton, on the same texts: requests of
-    64 texts meeting `encoder_max_rows` rows per execute, as the batcher hands them over."""
+    64 texts meeting `encoder_max_rows` rows per execute, as the batcher hands them over. The same
+    executes every round (their shapes warmed once), or `shuffled`: requests met in a new order each
+    round, so that passes have shapes not seen before, as served traffic has."""
     import torch
 
     from jina_triton_pipeline.packing import run_packed
@@ -247,15 +269,20 @@ def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, se
     from jina_triton_pipeline.torch_engine import TorchEngine
 
     loaded = time.perf_counter()
-    engine = TorchEngine(folder, precision, compile_buckets=buckets)
+    engine = TorchEngine(folder, precision, compile_buckets=buckets, cudnn_attention=cudnn_attention)
     engine.warm_up(options.token_budget)
     load_seconds = time.perf_counter() - loaded
     requests = [tuple(torch.from_numpy(a) for a in right_pad(group)) for group in _requests(rows)]
     per_execute = max(1, options.encoder_max_rows // REQUEST_TEXTS)
     executes = [requests[i:i + per_execute] for i in range(0, len(requests), per_execute)]
 
+    rng = random.Random(0)
+
     def everything():
         real = computed = 0
+        if shuffled:
+            rng.shuffle(requests)
+            executes[:] = [requests[i:i + per_execute] for i in range(0, len(requests), per_execute)]
         for batch in executes:
             packed = run_packed(batch, options.token_budget, engine.forward, passes=engine.passes,
                                 max_padding=options.max_padding)
@@ -271,7 +298,7 @@ def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, se
     elapsed = time.perf_counter() - started
     return {"tokens_per_s": round(real / elapsed, 1), "padded_ratio": round(computed / real, 3), "rounds": passes,
             "device": str(engine.device), "precision": engine.precision, "compiled": list(buckets),
-            "load_and_warm_up_s": round(load_seconds, 1)}
+            "shuffled": shuffled, "cudnn_attention": cudnn_attention, "load_and_warm_up_s": round(load_seconds, 1)}
 
 
 def _encoder_tokens(metrics_url: str) -> dict:
@@ -281,7 +308,7 @@ def _encoder_tokens(metrics_url: str) -> dict:
         return token_totals(reply.read().decode())
 
 
-def served(http, metrics_url: str, texts, concurrency: int, seconds: float, tasks=("retrieval",)) -> dict:
+def served(http, server, texts, concurrency: int, seconds: float, tasks=("retrieval",)) -> dict:
     """Closed-loop users sending 64-text requests; with several tasks, each request goes to a random
     one: four encoder stubs then share the GPU, which is what decides between one stub per task
     and one stub holding every task's weights."""
@@ -302,18 +329,21 @@ def served(http, metrics_url: str, texts, concurrency: int, seconds: float, task
             except Exception:  # noqa: BLE001 - counted, reported
                 errors[0] += 1
 
-    before = _encoder_tokens(metrics_url)
+    from .stage_profile import Snapshot, stages
+
+    before, snapshot = _encoder_tokens(server.metrics_url), Snapshot.take(server.metrics_url, server)
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(user, range(concurrency)))
     elapsed = time.perf_counter() - started
-    after = _encoder_tokens(metrics_url)
+    after, profile = _encoder_tokens(server.metrics_url), stages(snapshot, Snapshot.take(server.metrics_url, server))
     lat = np.array(latencies or [np.nan])
     real = after["real"] - before["real"]
     return {"concurrency": concurrency, "tasks": len(tasks), "requests": len(latencies), "errors": errors[0],
             "tokens_per_s": round(tokens[0] / elapsed, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p95_ms": round(float(np.percentile(lat, 95)), 1),
-            "padded_ratio": round((after["computed"] - before["computed"]) / real, 3) if real else None}
+            "padded_ratio": round((after["computed"] - before["computed"]) / real, 3) if real else None,
+            "stages": profile}
 
 
 # -- the whole check ----------------------------------------------------------------
@@ -354,6 +384,7 @@ def run(args) -> int:
             stub_env, numpy_env = prepare(bundle, workdir)
             data["environments"] = {"server (torch side)": str(stub_env or sys.prefix), "numpy<2 models": numpy_env,
                                     "pip inside": pip_inside(stub_env, numpy_env)}
+            server_env = sample_stacks(workdir / "stacks", stub_env, numpy_env) if args.sample_stacks else {}
         with report.step("replica", args.fail_at):
             tokenizer = str(bundle / "tokenizer.json") if bundle and (bundle / "tokenizer.json").is_file() else "real"
             preset = "tiny" if args.cpu else "full"
@@ -377,7 +408,7 @@ def run(args) -> int:
                            for per in (REQUEST_TEXTS, options.encoder_max_rows)
                            for bound in (1.10, options.max_padding)]
         server = TritonServer.on_free_ports(workdir / "repository", log_file=out / "triton.log",
-                                            python_env=stub_env)
+                                            python_env=stub_env, env=server_env)
         try:
             with report.step("triton", args.fail_at):
                 server.start()
@@ -397,10 +428,14 @@ def run(args) -> int:
             with report.step("engine", args.fail_at):
                 folder = workdir / "repository" / encoder_name("retrieval") / "1"
                 data["engine"] = bare_engine(folder, precision, rows, options, seconds)
+                data["engine_shuffled"] = bare_engine(folder, precision, rows, options, seconds, shuffled=True)
+                if gpu:  # what the served encoder leaves out: cuDNN's attention, planned per new shape
+                    data["engine_shuffled_cudnn"] = bare_engine(folder, precision, rows, options, seconds,
+                                                                shuffled=True, cudnn_attention=True)
             with report.step("served", args.fail_at):
                 data["served"] = []
                 for users, tasks in [(users, ("retrieval",)) for users in concurrency] + [(concurrency[-1], TASKS)]:
-                    row = served(http, server.metrics_url, workload, users, seconds, tasks)
+                    row = served(http, server, workload, users, seconds, tasks)
                     row["served_over_engine"] = round(row["tokens_per_s"] / data["engine"]["tokens_per_s"], 3)
                     data["served"].append(row)
                     report.write()
@@ -408,11 +443,17 @@ def run(args) -> int:
                           for r in data["served"] if r["errors"]]
                 if errors:
                     raise CheckFailed("; ".join(errors))
-            if gpu:  # torch.compile over length buckets: measured, not assumed (off by default); last, the slowest
+            # torch.compile over length buckets: measured, not assumed (off by default); last, the slowest
+            if gpu and "compiled" not in args.skip.split(","):
                 with report.step("compiled", args.fail_at):
                     data["engine_compiled"] = bare_engine(folder, precision, rows, options, seconds, COMPILE_BUCKETS)
         finally:
             server.stop()
+            if args.sample_stacks:
+                from .stub_sampler import merged
+
+                (out / "stacks.txt").write_text(merged(workdir / "stacks", ("encoder_retrieval", "preprocess",
+                                                                            "postprocess")))
     except Exception as exc:  # noqa: BLE001 - a step records its own; anything else is recorded here
         if not any(str(exc) in failure for failure in data["failures"]):
             data["failures"].append(f"{type(exc).__name__}: {exc}")
@@ -433,10 +474,12 @@ def markdown(report: dict) -> str:
         lines += ["", f"Parity (served vs reference, 4 tasks x 2 input types x dims {DIMENSIONS} x every output; "
                       f"quantized outputs vs quantizing the served float): min float cosine "
                       f"{report['parity_min_float_cosine']:.7f} (bar {report['parity_float_cosine_bar']})"]
-    for key in ("engine", "engine_compiled"):
+    for key in ("engine", "engine_shuffled", "engine_shuffled_cudnn", "engine_compiled"):
         if key in report:
             engine = report[key]
             compiled = f" (compiled: {','.join(map(str, engine['compiled']))})" if engine["compiled"] else ""
+            compiled += " (requests in a new order each round)" if engine.get("shuffled") else ""
+            compiled += " (cuDNN attention allowed)" if engine.get("cudnn_attention") else ""
             lines += ["", f"Bare engine{compiled} "
                           f"({engine['device']}, {engine['precision']}): {engine['tokens_per_s']} real tokens/s, "
                           f"padded/real {engine['padded_ratio']}, load + warm-up {engine['load_and_warm_up_s']} s"]
@@ -454,6 +497,12 @@ def markdown(report: dict) -> str:
         lines += [f"| {r['concurrency']} | {r['tasks']} | {r['requests']} | {r['errors']} | {r['tokens_per_s']} | "
                   f"{r['p50_ms']} | {r['p95_ms']} | {r['padded_ratio']} | {r.get('served_over_engine')} |"
                   for r in report["served"]]
+        from .stage_profile import markdown as stage_table
+
+        for r in report["served"]:
+            if r.get("stages"):
+                lines += ["", f"Where the time went at concurrency {r['concurrency']}, {r['tasks']} task(s):", "",
+                          *stage_table(r["stages"])]
     lines += ["", "Failures: " + ("none" if not report["failures"] else "; ".join(report["failures"]))]
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,79 @@
+"""A sampling profiler for the GPU check's Triton stubs (never part of a served repository).
+
+`gpu-check --sample-stacks` adds a `.pth` to the stub environments that calls `start(folder)`
+in every stub the check's Triton starts. A thread then looks at every other thread's Python
+stack every `interval` seconds and writes the most frequent stacks to
+`folder/stacks-<pid>.txt` every 2 s. A stub's main thread has a Python frame only while the
+model's code runs, so its samples show where an execute's wall time goes (GIL-bound: a C call
+that holds the GIL shows up at the next line that runs).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+
+DEPTH = 8
+WRITE_EVERY_S = 2.0
+
+
+def _stack(frame) -> str:
+    names = []
+    while frame is not None and len(names) < DEPTH:
+        code = frame.f_code
+        names.append(f"{os.path.basename(code.co_filename)}:{code.co_name}:{frame.f_lineno}")
+        frame = frame.f_back
+    return " < ".join(names)
+
+
+def _write(path: str, header: str, counts: collections.Counter, samples: int) -> None:
+    lines = [header, f"samples {samples}"]
+    lines += [f"{count:7d}  {thread}  {stack}" for (thread, stack), count in counts.most_common(60)]
+    with open(path + ".tmp", "w") as out:
+        out.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def _sample(folder: str, interval: float) -> None:
+    me = threading.get_ident()
+    with open("/proc/self/cmdline", "rb") as cmdline:
+        header = " ".join(part.decode(errors="replace") for part in cmdline.read().split(b"\0")[:3])
+    path = os.path.join(folder, f"stacks-{os.getpid()}.txt")
+    counts: collections.Counter = collections.Counter()
+    samples, written = 0, time.monotonic()
+    while True:
+        time.sleep(interval)
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            if ident != me:
+                counts[(names.get(ident, "main?"), _stack(frame))] += 1
+        samples += 1
+        if time.monotonic() - written > WRITE_EVERY_S:
+            _write(path, header, counts, samples)
+            written = time.monotonic()
+
+
+def start(folder: str, interval: float = 0.01) -> None:
+    os.makedirs(folder, exist_ok=True)
+    threading.Thread(target=_sample, args=(folder, interval), name="stack-sampler", daemon=True).start()
+
+
+def merged(folder, models: tuple[str, ...], top: int = 30) -> str:
+    """One text of the sampled stacks of one stub per model named (the device tool carries few files)."""
+    import pathlib
+
+    parts, done = [], set()
+    for path in sorted(pathlib.Path(folder).glob("stacks-*.txt")):
+        text = path.read_text(errors="replace").splitlines()
+        model = next((m for m in models if text and f"/{m}/" in text[0]), None)
+        if model and model not in done:
+            done.add(model)
+            parts += [f"## {model} ({path.name})", *text[1:top + 2], ""]
+    return "\n".join(parts)
+
+
+PTH_LINE = ("import os, importlib; os.environ.get('JINA_CHECK_STACKS') and "
+            "importlib.import_module('jina_triton_tools.stub_sampler').start(os.environ['JINA_CHECK_STACKS'])\n")
+PTH_NAME = "zz_jina_check_stacks.pth"   # after the environment's own .pth, which makes the import possible
