@@ -97,7 +97,7 @@ class EncoderStep:
         self.metrics.tokens(packed.computed_tokens, packed.real_tokens)
         if hasattr(self.engine, "take_passes"):
             self.metrics.passes(self.engine.take_passes())
-        else:  # one session: the passes and their one sync, timed together
+        else:  # one session (torch): run_packed's wall time, staging, passes and their one sync
             self.metrics.passes({"wide": (packed.passes, time.perf_counter() - started)})
         if packed.computed_tokens >= RELEASE_AFTER_TOKENS:  # big passes' activations, else kept for good
             self.heap.grew()

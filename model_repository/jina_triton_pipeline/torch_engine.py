@@ -94,11 +94,12 @@ class TorchEngine:
         if self.device.type == "cpu" and threads:
             torch.set_num_threads(threads)
         if self.device.type == "cuda":
-            # On Hopper, SDPA picks cuDNN's attention for a boolean mask; cuDNN builds a graph on the
-            # CPU for every new [rows, length], and packed passes rarely repeat a shape. Measured on
-            # an H200 (gpu-check, 2026-12-04): the bare engine fell from 659k to 318k real tokens/s
-            # when its requests met in a new order each round, and the served encoder sat in SDPA on
-            # the CPU while the GPU idled. Memory-efficient attention takes the mask with no plan.
+            # Measured on an H200 (gpu-check, 2026-12-04): the bare engine fell from 659k to 318k real
+            # tokens/s when its requests met in a new order each round (new pass shapes), and the
+            # served encoder's thread sat in SDPA on the CPU while the GPU idled. The suspect, not yet
+            # confirmed there: on Hopper SDPA takes cuDNN's attention for a boolean mask, and cuDNN
+            # builds a graph on the CPU for every new [rows, length]; packed passes rarely repeat one.
+            # The check's engine_shuffled_cudnn row measures this choice against the other.
             torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
         config = json.loads((folder / CONFIG_FILE).read_text())
         state = {key.removeprefix("model."): value.float()

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -117,6 +118,7 @@ def backend_dir(cache: Path | None = None) -> Path:
 
 
 _HANDED_OUT: set[int] = set()
+_PICKING = threading.Lock()
 
 
 def free_port() -> int:
@@ -132,18 +134,19 @@ def free_port() -> int:
     except (OSError, ValueError, IndexError):
         low = 0
     candidates = random.sample(range(20000, low), min(32, low - 20000)) if low > 20100 else []
-    for port in [*candidates, *[0] * 8]:
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
+    with _PICKING:
+        for port in [*candidates, *[0] * 8]:
+            if port in _HANDED_OUT:
                 continue
-            port = sock.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                port = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
     raise ServeError("no free loopback port")
 
 

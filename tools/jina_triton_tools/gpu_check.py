@@ -63,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="per served step (default 20; --cpu: 3)")
     parser.add_argument("--texts", type=int, default=None, help="workload texts (default 4096; --cpu: 64)")
     parser.add_argument("--deadline", type=float, default=480, help="seconds for the whole check")
-    parser.add_argument("--skip", default="", help="comma-separated steps to leave out: compiled (measured once, "
-                                                   "the slowest)")
+    parser.add_argument("--skip", action="append", default=[], choices=("compiled",),
+                        help="a step to leave out: compiled (the slowest)")
     parser.add_argument("--sample-stacks", action="store_true",
                         help="sample every stub's Python stacks to OUT/stacks (stub_sampler.py; needs a bundle)")
     parser.add_argument("--fail-at", choices=tuple(STEP_SECONDS), help="fail on purpose at this step (tests the "
@@ -444,7 +444,7 @@ def run(args) -> int:
                 if errors:
                     raise CheckFailed("; ".join(errors))
             # torch.compile over length buckets: measured, not assumed (off by default); last, the slowest
-            if gpu and "compiled" not in args.skip.split(","):
+            if gpu and "compiled" not in args.skip:
                 with report.step("compiled", args.fail_at):
                     data["engine_compiled"] = bare_engine(folder, precision, rows, options, seconds, COMPILE_BUCKETS)
         finally:

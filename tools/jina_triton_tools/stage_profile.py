@@ -1,24 +1,27 @@
-"""Where a served run's time goes: Triton's counters of every model (executions, rows, queue,
-compute) and the CPU each process took (Triton itself, each model's stubs, the client), read
-before and after the run. Standard library only: the GPU check runs it where nothing is installed."""
+"""Where a served run's time goes: Triton's counters of every model (rows, queue), its statistics
+per execution (compute input, infer, output), an encoder's own `run_packed` time, and the CPU each
+process took (Triton itself, each model's stubs, the client), read before and after the run.
+Standard library only: the GPU check runs it where nothing is installed."""
 from __future__ import annotations
 
+import json
 import os
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from jina_triton_client.contract import TASKS, ensemble_name
 from jina_triton_pipeline.model_metrics import PASS_SECONDS_METRIC
 
 from .bench import counter_totals
 
-COUNTERS = {"executions": "nv_inference_exec_count", "rows": "nv_inference_count",
-            "requests": "nv_inference_request_success", "queue_us": "nv_inference_queue_duration_us",
-            "input_us": "nv_inference_compute_input_duration_us",
-            "infer_us": "nv_inference_compute_infer_duration_us",
-            "output_us": "nv_inference_compute_output_duration_us",
-            "request_us": "nv_inference_request_duration_us", "engine_s": PASS_SECONDS_METRIC}
+COUNTERS = {"rows": "nv_inference_count", "requests": "nv_inference_request_success",
+            "queue_us": "nv_inference_queue_duration_us", "request_us": "nv_inference_request_duration_us",
+            "packed_s": PASS_SECONDS_METRIC}
+# per execution, from the statistics API's batch_stats (Triton's metrics add an execution's time to each request)
+PARTS = ("compute_input", "compute_infer", "compute_output")
 TICK = os.sysconf("SC_CLK_TCK")
+ENSEMBLES = {ensemble_name(task) for task in TASKS}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -39,9 +42,26 @@ def process_cpu(server) -> dict[str, float]:
     return found
 
 
+def executions(server) -> dict[str, dict[str, float]]:
+    """model -> executions and ns of each compute part so far (a restricted API: the admin key)."""
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/stats",
+                                     headers=server.security.admin_headers())
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        stats = json.load(answer)["model_stats"]
+    found: dict[str, dict[str, float]] = {}
+    for model in stats:
+        totals = found.setdefault(model["name"], {"executions": 0.0, **{part: 0.0 for part in PARTS}})
+        for batch in model.get("batch_stats", []):
+            totals["executions"] += int(batch["compute_infer"]["count"])
+            for part in PARTS:
+                totals[part] += int(batch[part]["ns"])
+    return found
+
+
 @dataclass
 class Snapshot:
     counters: dict[str, dict[str, float]]
+    executions: dict[str, dict[str, float]]
     cpu: dict[str, float]
     at: float = field(default_factory=time.perf_counter)
 
@@ -50,46 +70,51 @@ class Snapshot:
         with urllib.request.urlopen(metrics_url, timeout=10) as reply:
             text = reply.read().decode()
         return cls({key: counter_totals(text, metric, "model") for key, metric in COUNTERS.items()},
-                   process_cpu(server))
+                   executions(server), process_cpu(server))
 
 
 def stages(before: Snapshot, after: Snapshot) -> dict:
     """Per model over the run: executions, rows per execution, queue ms per request, compute ms per
-    execution (input, infer, output; an encoder's engine, its passes and their sync), the share of
-    the run its instances spent computing (1.0 = one instance busy all along), the cores each
-    process took. Triton adds an execution's compute time to each of its requests: per execution
-    is the mean over requests."""
+    execution (input, infer, output), an encoder's `run_packed` ms per execution (staging, its
+    passes, the sync), the share of the run its instances spent computing (1.0 = one instance busy
+    all along), the cores each process took."""
     seconds = after.at - before.at
 
-    def grown(key: str, model: str) -> float:
+    def counter(key: str, model: str) -> float:
         return after.counters[key].get(model, 0.0) - before.counters[key].get(model, 0.0)
 
+    def execution(key: str, model: str) -> float:
+        return after.executions[model][key] - before.executions.get(model, {}).get(key, 0.0)
+
     models = {}
-    for model in sorted(after.counters["executions"]):
-        executions, requests = grown("executions", model), grown("requests", model)
-        if not executions or not requests:
+    for model in sorted(after.executions):
+        runs, requests = execution("executions", model), counter("requests", model)
+        if not runs:
             continue
-        per_execution = {key[:-3]: grown(key, model) / requests / 1e3 for key in ("input_us", "infer_us", "output_us")}
-        engine = grown("engine_s", model)
+        compute = {part: execution(part, model) for part in PARTS}
+        packed = counter("packed_s", model)
         models[model] = {
-            "executions": int(executions), "rows_per_execution": round(grown("rows", model) / executions, 1),
-            "queue_ms_per_request": round(grown("queue_us", model) / requests / 1e3, 2),
-            "request_ms": round(grown("request_us", model) / requests / 1e3, 2),
-            **{f"{key}_ms_per_execution": round(value, 2) for key, value in per_execution.items()},
-            "engine_ms_per_execution": round(engine / executions * 1e3, 2) if engine else None,
-            "busy": round(sum(per_execution.values()) * executions / 1e3 / seconds, 2)}
+            "executions": int(runs), "rows_per_execution": round(counter("rows", model) / runs, 1),
+            "queue_ms_per_request": round(counter("queue_us", model) / max(requests, 1) / 1e3, 2),
+            "request_ms": round(counter("request_us", model) / max(requests, 1) / 1e3, 2),
+            **{f"{part.split('_')[1]}_ms_per_execution": round(ns / runs / 1e6, 2) for part, ns in compute.items()},
+            "run_packed_ms_per_execution": round(packed / runs * 1e3, 2) if packed else None,
+            # an ensemble's "compute" is its requests' whole time, overlapping: no share of the run
+            "busy": None if model in ENSEMBLES else round(sum(compute.values()) / 1e9 / seconds, 2)}
     cores = {name: round((after.cpu.get(name, 0.0) - before.cpu.get(name, 0.0)) / seconds, 2)
              for name in after.cpu}
     return {"seconds": round(seconds, 1), "models": models, "cores": cores}
 
 
+COLUMNS = ("executions", "rows_per_execution", "queue_ms_per_request", "request_ms", "input_ms_per_execution",
+           "infer_ms_per_execution", "output_ms_per_execution", "run_packed_ms_per_execution", "busy")
+
+
 def markdown(profile: dict) -> list[str]:
     lines = ["| model | executions | rows/exec | queue ms/req | request ms | input ms/exec | infer ms/exec | "
-             "output ms/exec | engine ms/exec | busy | cores |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "output ms/exec | run_packed ms/exec | busy | cores |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, row in profile["models"].items():
-        lines.append(f"| {model} | {row['executions']} | {row['rows_per_execution']} | {row['queue_ms_per_request']} | "
-                     f"{row['request_ms']} | {row['input_ms_per_execution']} | {row['infer_ms_per_execution']} | "
-                     f"{row['output_ms_per_execution']} | {row['engine_ms_per_execution'] or ''} | {row['busy']} | "
-                     f"{profile['cores'].get(model, '')} |")
+        cells = ["" if row[key] is None else row[key] for key in COLUMNS]
+        lines.append(f"| {model} | " + " | ".join(map(str, cells)) + f" | {profile['cores'].get(model, '')} |")
     others = ", ".join(f"{name} {value}" for name, value in profile["cores"].items() if name not in profile["models"])
     return lines + [f"cores: {others}"]

@@ -61,16 +61,24 @@ def start(folder: str, interval: float = 0.01) -> None:
 
 
 def merged(folder, models: tuple[str, ...], top: int = 30) -> str:
-    """One text of the sampled stacks of one stub per model named (the device tool carries few files)."""
+    """One text of the sampled stacks: for each model named, its stub whose main thread ran the most
+    once loaded (the device tool carries few files)."""
     import pathlib
 
-    parts, done = [], set()
+    best: dict[str, tuple[int, str, list[str]]] = {}
     for path in sorted(pathlib.Path(folder).glob("stacks-*.txt")):
         text = path.read_text(errors="replace").splitlines()
         model = next((m for m in models if text and f"/{m}/" in text[0]), None)
-        if model and model not in done:
-            done.add(model)
-            parts += [f"## {model} ({path.name})", *text[1:top + 2], ""]
+        if model:
+            busy = sum(int(line.split()[0]) for line in text[2:]  # the main thread, past loading
+                       if "  MainThread  " in line and "initialize" not in line and "<frozen" not in line)
+            if model not in best or busy > best[model][0]:
+                best[model] = (busy, path.name, text)
+    parts = []
+    for model in models:
+        if model in best:
+            busy, name, text = best[model]
+            parts += [f"## {model} ({name}, {busy} samples of its main thread once loaded)", *text[1:top + 2], ""]
     return "\n".join(parts)
 
 
