@@ -357,12 +357,17 @@ def served(server, texts: list[Text], task: str, concurrency: int, repeats: int,
     return run
 
 
-def compute_infer(server, model: str) -> tuple[int, int]:
-    """(executions, ns) of a model's compute_infer so far, from Triton's statistics (a restricted API)."""
-    request = urllib.request.Request(f"http://{server.http_url}/v2/models/{model}/stats",
-                                     headers=server.security.admin_headers())
+def model_stats(server, model: str = "") -> list[dict]:
+    """Triton's statistics of one model, or of every model (a restricted API: the admin key)."""
+    path = f"/v2/models/{model}/stats" if model else "/v2/models/stats"
+    request = urllib.request.Request(f"http://{server.http_url}{path}", headers=server.security.admin_headers())
     with urllib.request.urlopen(request, timeout=10) as answer:
-        stats = json.load(answer)["model_stats"][0]["inference_stats"]["compute_infer"]
+        return json.load(answer)["model_stats"]
+
+
+def compute_infer(server, model: str) -> tuple[int, int]:
+    """(executions, ns) of a model's compute_infer so far, from Triton's statistics."""
+    stats = model_stats(server, model)[0]["inference_stats"]["compute_infer"]
     return int(stats["count"]), int(stats["ns"])
 
 

@@ -34,7 +34,6 @@ import sys
 import tarfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -274,15 +273,18 @@ def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, se
     load_seconds = time.perf_counter() - loaded
     requests = [tuple(torch.from_numpy(a) for a in right_pad(group)) for group in _requests(rows)]
     per_execute = max(1, options.encoder_max_rows // REQUEST_TEXTS)
-    executes = [requests[i:i + per_execute] for i in range(0, len(requests), per_execute)]
-
     rng = random.Random(0)
+
+    def cut() -> list[list]:
+        return [requests[i:i + per_execute] for i in range(0, len(requests), per_execute)]
+
+    executes = cut()
 
     def everything():
         real = computed = 0
         if shuffled:
             rng.shuffle(requests)
-            executes[:] = [requests[i:i + per_execute] for i in range(0, len(requests), per_execute)]
+            executes[:] = cut()
         for batch in executes:
             packed = run_packed(batch, options.token_budget, engine.forward, passes=engine.passes,
                                 max_padding=options.max_padding)
@@ -299,13 +301,6 @@ def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, se
     return {"tokens_per_s": round(real / elapsed, 1), "padded_ratio": round(computed / real, 3), "rounds": passes,
             "device": str(engine.device), "precision": engine.precision, "compiled": list(buckets),
             "shuffled": shuffled, "cudnn_attention": cudnn_attention, "load_and_warm_up_s": round(load_seconds, 1)}
-
-
-def _encoder_tokens(metrics_url: str) -> dict:
-    from .bench import token_totals
-
-    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        return token_totals(reply.read().decode())
 
 
 def served(http, server, texts, concurrency: int, seconds: float, tasks=("retrieval",)) -> dict:
@@ -331,19 +326,19 @@ def served(http, server, texts, concurrency: int, seconds: float, tasks=("retrie
 
     from .stage_profile import Snapshot, stages
 
-    before, snapshot = _encoder_tokens(server.metrics_url), Snapshot.take(server.metrics_url, server)
+    before = Snapshot.take(server)
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(user, range(concurrency)))
     elapsed = time.perf_counter() - started
-    after, profile = _encoder_tokens(server.metrics_url), stages(snapshot, Snapshot.take(server.metrics_url, server))
+    after = Snapshot.take(server)
     lat = np.array(latencies or [np.nan])
-    real = after["real"] - before["real"]
+    real = after.tokens["real"] - before.tokens["real"]
     return {"concurrency": concurrency, "tasks": len(tasks), "requests": len(latencies), "errors": errors[0],
             "tokens_per_s": round(tokens[0] / elapsed, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p95_ms": round(float(np.percentile(lat, 95)), 1),
-            "padded_ratio": round((after["computed"] - before["computed"]) / real, 3) if real else None,
-            "stages": profile}
+            "padded_ratio": round((after.tokens["computed"] - before.tokens["computed"]) / real, 3) if real else None,
+            "stages": stages(before, after)}
 
 
 # -- the whole check ----------------------------------------------------------------
@@ -477,10 +472,10 @@ def markdown(report: dict) -> str:
     for key in ("engine", "engine_shuffled", "engine_shuffled_cudnn", "engine_compiled"):
         if key in report:
             engine = report[key]
-            compiled = f" (compiled: {','.join(map(str, engine['compiled']))})" if engine["compiled"] else ""
-            compiled += " (requests in a new order each round)" if engine.get("shuffled") else ""
-            compiled += " (cuDNN attention allowed)" if engine.get("cudnn_attention") else ""
-            lines += ["", f"Bare engine{compiled} "
+            label = f" (compiled: {','.join(map(str, engine['compiled']))})" if engine["compiled"] else ""
+            label += " (requests in a new order each round)" if engine.get("shuffled") else ""
+            label += " (cuDNN attention allowed)" if engine.get("cudnn_attention") else ""
+            lines += ["", f"Bare engine{label} "
                           f"({engine['device']}, {engine['precision']}): {engine['tokens_per_s']} real tokens/s, "
                           f"padded/real {engine['padded_ratio']}, load + warm-up {engine['load_and_warm_up_s']} s"]
     if report.get("packing"):

@@ -4,7 +4,6 @@ process took (Triton itself, each model's stubs, the client), read before and af
 Standard library only: the GPU check runs it where nothing is installed."""
 from __future__ import annotations
 
-import json
 import os
 import time
 import urllib.request
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field
 from jina_triton_client.contract import TASKS, ensemble_name
 from jina_triton_pipeline.model_metrics import PASS_SECONDS_METRIC
 
-from .bench import counter_totals
+from .bench import counter_totals, model_stats, token_totals
 
 COUNTERS = {"rows": "nv_inference_count", "requests": "nv_inference_request_success",
             "queue_us": "nv_inference_queue_duration_us", "request_us": "nv_inference_request_duration_us",
@@ -43,13 +42,9 @@ def process_cpu(server) -> dict[str, float]:
 
 
 def executions(server) -> dict[str, dict[str, float]]:
-    """model -> executions and ns of each compute part so far (a restricted API: the admin key)."""
-    request = urllib.request.Request(f"http://{server.http_url}/v2/models/stats",
-                                     headers=server.security.admin_headers())
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        stats = json.load(answer)["model_stats"]
+    """model -> executions and ns of each compute part so far."""
     found: dict[str, dict[str, float]] = {}
-    for model in stats:
+    for model in model_stats(server):
         totals = found.setdefault(model["name"], {"executions": 0.0, **{part: 0.0 for part in PARTS}})
         for batch in model.get("batch_stats", []):
             totals["executions"] += int(batch["compute_infer"]["count"])
@@ -61,16 +56,17 @@ def executions(server) -> dict[str, dict[str, float]]:
 @dataclass
 class Snapshot:
     counters: dict[str, dict[str, float]]
+    tokens: dict[str, float]                 # the encoders' computed (padded) and real tokens
     executions: dict[str, dict[str, float]]
     cpu: dict[str, float]
     at: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def take(cls, metrics_url: str, server) -> "Snapshot":
-        with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+    def take(cls, server) -> "Snapshot":
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
             text = reply.read().decode()
         return cls({key: counter_totals(text, metric, "model") for key, metric in COUNTERS.items()},
-                   executions(server), process_cpu(server))
+                   token_totals(text), executions(server), process_cpu(server))
 
 
 def stages(before: Snapshot, after: Snapshot) -> dict:
