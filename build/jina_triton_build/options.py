@@ -86,7 +86,8 @@ class BuildOptions:
                                           templates=("encoder_onnx", "encoder_torch"))
     compile_buckets: str = option("", "cuda target: torch.compile the encoder over these sequence-length buckets "
                                   "(e.g. 64,128,256,512; a pass is padded to the next; longer passes run eager); "
-                                  "empty: eager", templates=("encoder_torch",), minimum=None, kind=str)
+                                  "empty: eager. Each encoder compiles its buckets at load (~65 s on an H200)",
+                                  templates=("encoder_torch",), minimum=None, kind=str)
     threads: int = option(2, "CPU threads per encoder instance", templates=("encoder_onnx", "encoder_torch"))
     fixed_threads: bool = option(False, "cpu: every encoder pass on --threads threads, even while another encoder "
                                  "pass runs (default: such a pass takes a 1-thread session of the same weights, so "

@@ -147,17 +147,29 @@ class TorchEngine:
 
 
 class CompiledShapes:
-    """The model through `torch.compile`, one graph per length bucket (rows stay dynamic): each
+    """The model through `torch.compile`, one graph per length bucket, each dynamic in rows: each
     pass is padded to the next bucket, so a handful of compiled graphs cover every pass and fused
-    kernels replace most of the ~560 launches of an eager forward. Compiled during warm-up."""
+    kernels replace most of the ~560 launches of an eager forward. Compiled during warm-up.
 
-    def __init__(self, model, buckets: tuple[int, ...]):
+    Served on an H200 (2026-12-04) the first version recompiled while serving (p95 3.8 s at 16 users):
+    dynamo specializes a dimension of size 1 and, after a second bucket, makes the length dynamic
+    too, so a one-row pass or a new bucket meant a new graph. Hence rows padded to at least
+    MIN_ROWS (a copy of the first row, dropped after), rows marked dynamic within bounds, and
+    automatic dynamic shapes off: exactly one graph per bucket (tests/test_compiled_shapes.py)."""
+
+    MIN_ROWS = 2
+    MAX_ROWS = 1 << 16
+
+    def __init__(self, model, buckets: tuple[int, ...], backend="inductor"):
         import torch
+        import torch._dynamo
 
         self.torch, self.buckets = torch, tuple(sorted(buckets))
+        utf8_locale()
         torch._dynamo.config.cache_size_limit = max(8, 2 * len(self.buckets))
+        torch._dynamo.config.automatic_dynamic_shapes = False  # the stub runs this model only
         self.model = model
-        self.compiled = torch.compile(model)  # dynamic in rows (marked), static in length
+        self.compiled = torch.compile(model, backend=backend)
 
     def bucket(self, length: int) -> int | None:
         return next((b for b in self.buckets if b >= length), None)
@@ -167,10 +179,23 @@ class CompiledShapes:
         length = self.bucket(ids.shape[1])
         if length is None:  # longer than every bucket: eager
             return last_token_torch(self.model(ids, mask), mask.sum(1))
+        rows = ids.shape[0]
+        extra_rows = max(0, self.MIN_ROWS - rows)
+        if extra_rows:
+            ids, mask = (torch.cat([t] + [t[:1]] * extra_rows) for t in (ids, mask))
         pad = length - ids.shape[1]
         if pad:
             ids = torch.nn.functional.pad(ids, (0, pad))
             mask = torch.nn.functional.pad(mask, (0, pad))
-        torch._dynamo.mark_dynamic(ids, 0)
-        torch._dynamo.mark_dynamic(mask, 0)
-        return last_token_torch(self.compiled(ids, mask), mask.sum(1))
+        for tensor in (ids, mask):
+            torch._dynamo.mark_dynamic(tensor, 0, min=self.MIN_ROWS, max=self.MAX_ROWS)
+        return last_token_torch(self.compiled(ids, mask), mask.sum(1))[:rows]
+
+def utf8_locale() -> None:
+    """Inductor reads its kernel templates with open()'s default encoding. A Triton stub starts its
+    interpreter isolated, in the C locale whatever LANG says, so that encoding is ASCII and the first
+    torch.compile fails on a UTF-8 template (seen in the box emulation, 2026-12-04): switch LC_CTYPE."""
+    import locale
+
+    if locale.getpreferredencoding(False).lower().replace("-", "") != "utf8":
+        locale.setlocale(locale.LC_CTYPE, "C.UTF-8")

@@ -19,6 +19,9 @@ On a machine with an NVIDIA GPU and torch but none of this project's environment
                   at once): tokens/s, p50/p95, padded/real, served/engine, and where the time went
                   (stage_profile.py; with --sample-stacks, every stub's Python stacks too);
   9. compiled     (GPU only) the bare engine again through torch.compile over length buckets.
+With --compiled-encoders the served encoders are built with those buckets (compile_buckets) and
+the engine step measures the bare engine compiled the same way, so served/engine compares like
+with like (step 9 is then the engine step itself).
 report.json and report.md are rewritten after every step; each step has its own time bound
 and the whole check a deadline (both end it with the report written and exit code 3).
 `--cpu` runs the same steps on the tiny replica with PyTorch on the CPU (bf16 if asked: the
@@ -64,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deadline", type=float, default=480, help="seconds for the whole check")
     parser.add_argument("--skip", action="append", default=[], choices=("compiled",),
                         help="a step to leave out: compiled (the slowest)")
+    parser.add_argument("--compiled-encoders", action="store_true",
+                        help=f"serve the encoders through torch.compile over length buckets {COMPILE_BUCKETS} "
+                             "(build option compile_buckets); the bare engine is then measured compiled too")
     parser.add_argument("--sample-stacks", action="store_true",
                         help="sample every stub's Python stacks to OUT/stacks (stub_sampler.py; needs a bundle)")
     parser.add_argument("--fail-at", choices=tuple(STEP_SECONDS), help="fail on purpose at this step (tests the "
@@ -106,13 +112,13 @@ class Report:
         print(f"gpu-check: {name} took longer than {seconds:.0f} s; report in {self.out}", file=sys.stderr, flush=True)
         os._exit(3)  # Triton and its stubs die with us (PR_SET_PDEATHSIG)
 
-    def step(self, name: str, fail_at: str | None = None):
+    def step(self, name: str, fail_at: str | None = None, factor: float = 1.0):
         report = self
 
         class Step:
             def __enter__(self):
                 self.begun = time.perf_counter()
-                bound = STEP_SECONDS[name] * report.scale
+                bound = STEP_SECONDS[name] * report.scale * factor
                 self.timer = threading.Timer(bound, report._expired, (f"step {name}", bound))
                 self.timer.daemon = True
                 self.timer.start()
@@ -388,12 +394,14 @@ def run(args) -> int:
             data["checkpoint"] = checkpoint.label
         with report.step("build", args.fail_at):
             reference = ReferenceEncoder(checkpoint)
-            options = BuildOptions(target="cuda", precision=args.precision, numpy_env=numpy_env)
+            buckets = COMPILE_BUCKETS if args.compiled_encoders else ()
+            options = BuildOptions(target="cuda", precision=args.precision, numpy_env=numpy_env,
+                                   compile_buckets=",".join(map(str, buckets)))
             build_repository(checkpoint, workdir / "repository", options, workdir / "cache", None, reference)
             options = options.resolved()
             data["options"] = {name: getattr(options, name) for name in (
                 "token_budget", "max_padding", "encoder_max_rows", "queue_delay_us", "preprocess_instances",
-                "postprocess_instances")}
+                "postprocess_instances", "compile_buckets")}
         texts = verification_texts() + ["emoji 🚀 and ünïcödé", "日本語のテキストです。"]
         workload = Workload(token_counter(checkpoint.path / "tokenizer.json"), 0).texts("mixed", count)
         encoder_tokenizer = TextTokenizer(checkpoint.path / "tokenizer.json", options.max_length)
@@ -405,9 +413,10 @@ def run(args) -> int:
         server = TritonServer.on_free_ports(workdir / "repository", log_file=out / "triton.log",
                                             python_env=stub_env, env=server_env)
         try:
-            with report.step("triton", args.fail_at):
+            load_factor = 2.0 if buckets else 1.0  # every encoder stub compiles its buckets while loading
+            with report.step("triton", args.fail_at, load_factor):
                 server.start()
-                server.wait_ready(STEP_SECONDS["triton"] * report.scale)
+                server.wait_ready(STEP_SECONDS["triton"] * report.scale * load_factor)
             with report.step("numpy", args.fail_at):
                 data["stub_numpy"] = stub_numpy(server)
                 problems = check_numpy(data["stub_numpy"], bool(numpy_env))
@@ -422,9 +431,10 @@ def run(args) -> int:
                     raise CheckFailed(f"{len(misses)} misses, first: {misses[:3]}")
             with report.step("engine", args.fail_at):
                 folder = workdir / "repository" / encoder_name("retrieval") / "1"
-                data["engine"] = bare_engine(folder, precision, rows, options, seconds)
-                data["engine_shuffled"] = bare_engine(folder, precision, rows, options, seconds, shuffled=True)
-                if gpu:  # what the served encoder leaves out: cuDNN's attention, planned per new shape
+                data["engine"] = bare_engine(folder, precision, rows, options, seconds, buckets)
+                if not buckets:  # compiled, length buckets fix the pass shapes whatever the order
+                    data["engine_shuffled"] = bare_engine(folder, precision, rows, options, seconds, shuffled=True)
+                if gpu and not buckets:  # what the served encoder leaves out: cuDNN's attention, planned per new shape
                     data["engine_shuffled_cudnn"] = bare_engine(folder, precision, rows, options, seconds,
                                                                 shuffled=True, cudnn_attention=True)
             with report.step("served", args.fail_at):
@@ -439,7 +449,7 @@ def run(args) -> int:
                 if errors:
                     raise CheckFailed("; ".join(errors))
             # torch.compile over length buckets: measured, not assumed (off by default); last, the slowest
-            if gpu and "compiled" not in args.skip:
+            if gpu and "compiled" not in args.skip and not buckets:
                 with report.step("compiled", args.fail_at):
                     data["engine_compiled"] = bare_engine(folder, precision, rows, options, seconds, COMPILE_BUCKETS)
         finally:
