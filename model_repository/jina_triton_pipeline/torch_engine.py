@@ -20,6 +20,7 @@ CONFIG_FILE = "encoder.json"
 BACKBONE_FILE = "backbone.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+COMPILED_WHILE_SERVING = "compiled while serving"  # in the encoder's log line (the GPU check counts them)
 
 
 class TorchPasses:
@@ -96,10 +97,10 @@ class TorchEngine:
         if self.device.type == "cuda":
             # Measured on an H200 (gpu-check, 2026-12-04): the bare engine fell from 659k to 318k real
             # tokens/s when its requests met in a new order each round (new pass shapes), and the
-            # served encoder's thread sat in SDPA on the CPU while the GPU idled. The suspect, not yet
-            # confirmed there: on Hopper SDPA takes cuDNN's attention for a boolean mask, and cuDNN
-            # builds a graph on the CPU for every new [rows, length]; packed passes rarely repeat one.
-            # The check's engine_shuffled_cudnn row measures this choice against the other.
+            # served encoder's thread sat in SDPA on the CPU while the GPU idled. On Hopper SDPA takes
+            # cuDNN's attention for a boolean mask, and cuDNN builds a graph on the CPU for every new
+            # [rows, length]; packed passes rarely repeat one. Confirmed there the same day: shuffled,
+            # 648k tokens/s with it off, 341k with it allowed (the check's engine_shuffled_cudnn row).
             torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
         config = json.loads((folder / CONFIG_FILE).read_text())
         state = {key.removeprefix("model."): value.float()
@@ -151,14 +152,18 @@ class CompiledShapes:
     pass is padded to the next bucket, so a handful of compiled graphs cover every pass and fused
     kernels replace most of the ~560 launches of an eager forward. Compiled during warm-up.
 
-    Served on an H200 (2026-12-04) the first version recompiled while serving (p95 3.8 s at 16 users):
-    dynamo specializes a dimension of size 1 and, after a second bucket, makes the length dynamic
-    too, so a one-row pass or a new bucket meant a new graph. Hence rows padded to at least
-    MIN_ROWS (a copy of the first row, dropped after), rows marked dynamic within bounds, and
-    automatic dynamic shapes off: exactly one graph per bucket (tests/test_compiled_shapes.py)."""
+    Served on an H200 (2026-12-04) the first version apparently recompiled while serving (p95 3.8 s
+    at 16 users): dynamo specializes a dimension of size 1, so a one-row pass at a length not warmed
+    meant a new graph, and so did a pass whose tensors were made outside inference mode where the
+    warm-up's were made inside it. Hence every pass copied into new tensors, rows padded to at least
+    MIN_ROWS (copies of the first row, dropped after) and marked dynamic *without* bounds: a bounded
+    dimension is a strict constraint, and inductor's GPU kernels guard rows x length x width against
+    32-bit indexing, which would then fail the load.
+    Automatic dynamic shapes are off during the calls so that each bucket keeps a static-length graph
+    of its own (with them on, the second bucket turns the length dynamic). `graphs` counts the graphs
+    compiled; tests/test_compiled_shapes.py."""
 
     MIN_ROWS = 2
-    MAX_ROWS = 1 << 16
 
     def __init__(self, model, buckets: tuple[int, ...], backend="inductor"):
         import torch
@@ -166,10 +171,17 @@ class CompiledShapes:
 
         self.torch, self.buckets = torch, tuple(sorted(buckets))
         utf8_locale()
-        torch._dynamo.config.cache_size_limit = max(8, 2 * len(self.buckets))
-        torch._dynamo.config.automatic_dynamic_shapes = False  # the stub runs this model only
+        self.settings = torch._dynamo.config.patch(automatic_dynamic_shapes=False,
+                                                   cache_size_limit=max(8, 2 * len(self.buckets)))
         self.model = model
-        self.compiled = torch.compile(model, backend=backend)
+        self.graphs = 0
+        compile_graph = torch._dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
+
+        def counted(graph, example_inputs):
+            self.graphs += 1
+            return compile_graph(graph, example_inputs)
+
+        self.compiled = torch.compile(model, backend=counted)
 
     def bucket(self, length: int) -> int | None:
         return next((b for b in self.buckets if b >= length), None)
@@ -177,25 +189,38 @@ class CompiledShapes:
     def __call__(self, ids, mask):
         torch = self.torch
         length = self.bucket(ids.shape[1])
-        if length is None:  # longer than every bucket: eager
-            return last_token_torch(self.model(ids, mask), mask.sum(1))
         rows = ids.shape[0]
-        extra_rows = max(0, self.MIN_ROWS - rows)
-        if extra_rows:
-            ids, mask = (torch.cat([t] + [t[:1]] * extra_rows) for t in (ids, mask))
-        pad = length - ids.shape[1]
-        if pad:
-            ids = torch.nn.functional.pad(ids, (0, pad))
-            mask = torch.nn.functional.pad(mask, (0, pad))
-        for tensor in (ids, mask):
-            torch._dynamo.mark_dynamic(tensor, 0, min=self.MIN_ROWS, max=self.MAX_ROWS)
-        return last_token_torch(self.compiled(ids, mask), mask.sum(1))[:rows]
+        if length is None or rows == 0:  # longer than every bucket (or nothing): eager
+            return last_token_torch(self.model(ids, mask), mask.sum(1))
+        # always new tensors, made here: a tensor made under inference mode and one made outside it differ
+        # in dispatch keys, and dynamo compiles a graph for each (the box emulation, 2026-12-04)
+        width = ids.shape[1]
+        padded = [t.new_zeros((max(rows, self.MIN_ROWS), length)) for t in (ids, mask)]
+        for into, source in zip(padded, (ids, mask)):
+            into[:rows, :width] = source
+            into[rows:, :width] = source[:1]
+            torch._dynamo.mark_dynamic(into, 0)
+        with self.settings:
+            pooled = self.compiled(*padded)
+        return last_token_torch(pooled, padded[1].sum(1))[:rows]
 
-def utf8_locale() -> None:
+
+UTF8_LOCALES = ("C.UTF-8", "C.utf8", "en_US.UTF-8")
+
+
+def utf8_locale() -> bool:
     """Inductor reads its kernel templates with open()'s default encoding. A Triton stub starts its
     interpreter isolated, in the C locale whatever LANG says, so that encoding is ASCII and the first
-    torch.compile fails on a UTF-8 template (seen in the box emulation, 2026-12-04): switch LC_CTYPE."""
+    torch.compile fails on a UTF-8 template (seen in the box emulation, 2026-12-04): switch LC_CTYPE
+    to a UTF-8 locale, the first this system has; False where it has none (compiling may then fail)."""
     import locale
 
-    if locale.getpreferredencoding(False).lower().replace("-", "") != "utf8":
-        locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        return True
+    for name in UTF8_LOCALES:
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+            return True
+        except locale.Error:
+            continue
+    return False

@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import tarfile
 import threading
@@ -277,6 +278,7 @@ def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, se
     engine = TorchEngine(folder, precision, compile_buckets=buckets, cudnn_attention=cudnn_attention)
     engine.warm_up(options.token_budget)
     load_seconds = time.perf_counter() - loaded
+    warmed_graphs = engine.compiled.graphs if engine.compiled else 0
     requests = [tuple(torch.from_numpy(a) for a in right_pad(group)) for group in _requests(rows)]
     per_execute = max(1, options.encoder_max_rows // REQUEST_TEXTS)
     rng = random.Random(0)
@@ -306,7 +308,16 @@ def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, se
     elapsed = time.perf_counter() - started
     return {"tokens_per_s": round(real / elapsed, 1), "padded_ratio": round(computed / real, 3), "rounds": passes,
             "device": str(engine.device), "precision": engine.precision, "compiled": list(buckets),
-            "shuffled": shuffled, "cudnn_attention": cudnn_attention, "load_and_warm_up_s": round(load_seconds, 1)}
+            "shuffled": shuffled, "cudnn_attention": cudnn_attention, "load_and_warm_up_s": round(load_seconds, 1),
+            "graphs_after_warm_up": (engine.compiled.graphs - warmed_graphs) if engine.compiled else None}
+
+
+def compiled_while_serving(log: Path) -> int:
+    """Graphs the served encoders compiled after their load (each says so in Triton's log)."""
+    from jina_triton_pipeline.torch_engine import COMPILED_WHILE_SERVING
+
+    found = re.findall(rf"(\d+) graph\(s\) {COMPILED_WHILE_SERVING}", log.read_text(errors="replace"))
+    return sum(int(count) for count in found)
 
 
 def served(http, server, texts, concurrency: int, seconds: float, tasks=("retrieval",)) -> dict:
@@ -429,7 +440,7 @@ def run(args) -> int:
                 data["parity_min_float_cosine"] = min(row["float"]["min_cosine"] for row in data["parity"])
                 if misses:
                     raise CheckFailed(f"{len(misses)} misses, first: {misses[:3]}")
-            with report.step("engine", args.fail_at):
+            with report.step("engine", args.fail_at, load_factor):
                 folder = workdir / "repository" / encoder_name("retrieval") / "1"
                 data["engine"] = bare_engine(folder, precision, rows, options, seconds, buckets)
                 if not buckets:  # compiled, length buckets fix the pass shapes whatever the order
@@ -444,6 +455,8 @@ def run(args) -> int:
                     row["served_over_engine"] = round(row["tokens_per_s"] / data["engine"]["tokens_per_s"], 3)
                     data["served"].append(row)
                     report.write()
+                if buckets:
+                    data["compiled_while_serving"] = compiled_while_serving(out / "triton.log")
                 errors = [f"{r['errors']} errors at concurrency {r['concurrency']}"
                           for r in data["served"] if r["errors"]]
                 if errors:
@@ -487,7 +500,9 @@ def markdown(report: dict) -> str:
             label += " (cuDNN attention allowed)" if engine.get("cudnn_attention") else ""
             lines += ["", f"Bare engine{label} "
                           f"({engine['device']}, {engine['precision']}): {engine['tokens_per_s']} real tokens/s, "
-                          f"padded/real {engine['padded_ratio']}, load + warm-up {engine['load_and_warm_up_s']} s"]
+                          f"padded/real {engine['padded_ratio']}, load + warm-up {engine['load_and_warm_up_s']} s"
+                          + (f", graphs compiled after warm-up {engine['graphs_after_warm_up']}"
+                             if engine.get("graphs_after_warm_up") is not None else "")]
     if report.get("packing"):
         from jina_triton_pipeline.packing import PASS_TOKENS
 
@@ -502,6 +517,9 @@ def markdown(report: dict) -> str:
         lines += [f"| {r['concurrency']} | {r['tasks']} | {r['requests']} | {r['errors']} | {r['tokens_per_s']} | "
                   f"{r['p50_ms']} | {r['p95_ms']} | {r['padded_ratio']} | {r.get('served_over_engine')} |"
                   for r in report["served"]]
+        if "compiled_while_serving" in report:
+            lines += ["", f"Graphs the served encoders compiled after their load (parity and served steps): "
+                          f"{report['compiled_while_serving']}"]
         from .stage_profile import markdown as stage_table
 
         for r in report["served"]:

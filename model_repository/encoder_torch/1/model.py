@@ -15,7 +15,7 @@ from jina_triton_pipeline.encoder_step import DlpackTensors, EncoderStep
 from jina_triton_pipeline.limits import ModelLimits
 from jina_triton_pipeline.parity import ParityError
 from jina_triton_pipeline.tokenization import parse_buckets
-from jina_triton_pipeline.torch_engine import TorchEngine
+from jina_triton_pipeline.torch_engine import COMPILED_WHILE_SERVING, TorchEngine
 from jina_triton_pipeline.triton_requests import model_parameters
 
 
@@ -34,8 +34,10 @@ class TritonPythonModel:
         except ParityError as exc:  # the model does not load
             pb_utils.Logger.log_error(str(exc))
             raise
+        self.name, self.graphs = args["model_name"], engine.compiled.graphs if engine.compiled else 0
+        compiled = f", compiled: {self.graphs} graphs" if engine.compiled else ""
         pb_utils.Logger.log_info(f"{args['model_name']}: parity gate passed on {engine.device} "
-                                 f"({engine.precision}{', compiled' if engine.compiled else ''}), minimum cosine "
+                                 f"({engine.precision}{compiled}), minimum cosine "
                                  f"{cosine:.7f}; warm-up and gate {time.perf_counter() - started:.1f} s; "
                                  f"numpy {np.__version__}")
         self.step = EncoderStep(pb_utils, engine, DlpackTensors(pb_utils), int(params["token_budget"]),
@@ -43,4 +45,10 @@ class TritonPythonModel:
                                 args.get("model_instance_name", ""), float(params["max_padding"]))
 
     def execute(self, requests):
-        return self.step.execute(requests)
+        responses = self.step.execute(requests)
+        compiled = self.step.engine.compiled
+        if compiled is not None and compiled.graphs > self.graphs:  # a request waited for it: say so
+            pb_utils.Logger.log_warn(f"{self.name}: {compiled.graphs - self.graphs} graph(s) {COMPILED_WHILE_SERVING} "
+                                     f"({compiled.graphs} in all): a pass shape the warm-up did not cover")
+            self.graphs = compiled.graphs
+        return responses
