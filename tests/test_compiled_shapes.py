@@ -95,6 +95,24 @@ def test_compiled_answers_equal_the_eager_model_for_one_row_and_many(model):
             np.testing.assert_allclose(compiled(ids, mask).numpy(), want.numpy(), atol=1e-5)
 
 
+def test_padding_rows_are_dropped_and_an_empty_pass_answers_empty(model):
+    """Padding rows go after the pass's rows and are sliced off: with four rows of minimum, a pass of
+    three keeps its own three in order (a slice from the end would hand back a copy of the first)."""
+    import torch._dynamo
+
+    class FourRows(CompiledShapes):
+        MIN_ROWS = 4
+
+    torch._dynamo.reset()
+    compiled = FourRows(model, BUCKETS, backend=traced)
+    with torch.inference_mode():
+        ids, mask = _batch(3, 20, 7)
+        want = last_token_torch(model(ids, mask), mask.sum(1))
+        np.testing.assert_allclose(compiled(ids, mask).numpy(), want.numpy(), atol=1e-5)
+        empty = torch.zeros((0, 20), dtype=torch.int64)
+        assert compiled(empty, empty).shape == (0, CONFIG["hidden_size"])
+
+
 def test_a_c_locale_process_reads_files_as_utf8_once_compiling():
     """A Triton stub's interpreter starts isolated, in the C locale: inductor's UTF-8 templates failed to
     load there (box emulation, 2026-12-04). utf8_locale() switches it before any compile."""

@@ -141,6 +141,57 @@ with report.step("replica"):
     assert [f for f in report["failures"] if f.startswith("step replica: not done within")], report["failures"]
 
 
+def test_graphs_compiled_while_serving_are_counted_in_this_runs_part_of_the_log(tmp_path):
+    """The check sums the encoders' own warnings (one formatter writes them), from where this run's
+    Triton started appending: a folder reused keeps an earlier run's lines in triton.log."""
+    from jina_triton_pipeline.torch_engine import compiled_while_serving_line
+    from jina_triton_tools.gpu_check import compiled_while_serving
+
+    log = tmp_path / "triton.log"
+    log.write_text(f"W1204 model.py:55] {compiled_while_serving_line('encoder_retrieval', 5, 8, 8)}\n")
+    since = log.stat().st_size
+    with open(log, "a") as more:
+        more.write("I1204 model.py:41] encoder_clustering: parity gate passed on cuda:0 (fp16, compiled: 3 graphs)\n"
+                   f"W1204 model.py:55] {compiled_while_serving_line('encoder_retrieval', 2, 5, 8)}\n"
+                   f"W1204 model.py:55] {compiled_while_serving_line('encoder_clustering', 1, 8, 8)}\n")
+    assert "recompile limit (8) is reached" in compiled_while_serving_line("encoder_clustering", 1, 8, 8)
+    assert compiled_while_serving(log, since) == 3
+    assert compiled_while_serving(log, 0) == 8
+
+
+def test_the_stack_sampler_never_keeps_a_returned_functions_locals_alive(tmp_path):
+    """A frame the sampler held over its sleep kept that function's locals alive after it returned;
+    torch restores grad mode in such a local's destructor, and a compile in a sampled stub failed
+    ("Global grad_mode state changed while dynamo tracing"). Old sampler: ~100 of ~1.2M calls in 3 s."""
+    import time
+
+    from jina_triton_tools import stub_sampler
+
+    released = []
+
+    class Restores:  # as the guard dynamo drops on return
+        def __del__(self):
+            released.append(1)
+
+    def enter():
+        guard = Restores()  # noqa: F841 - alive until the frame goes
+        for _ in range(200):
+            pass
+
+    stop = stub_sampler.start(str(tmp_path), interval=0.0005)
+    late = calls = 0
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 3:
+            before = len(released)
+            enter()
+            calls += 1
+            late += len(released) == before
+    finally:
+        stop.set()
+    assert calls > 10_000 and late == 0, (calls, late)
+
+
 def test_the_bundle_is_ignored_by_git_and_carried_beside_the_tree(tmp_path):
     (REPO_ROOT / ".gpu-bundle").mkdir(exist_ok=True)
     try:

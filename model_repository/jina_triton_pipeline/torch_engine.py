@@ -8,6 +8,8 @@ load), and parity.npz (see parity.py).
 from __future__ import annotations
 
 import json
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,20 @@ CONFIG_FILE = "encoder.json"
 BACKBONE_FILE = "backbone.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-COMPILED_WHILE_SERVING = "compiled while serving"  # in the encoder's log line (the GPU check counts them)
+COMPILED_WHILE_SERVING = "compiled while serving"
+
+
+def compiled_while_serving_line(model: str, new: int, total: int, limit: int) -> str:
+    """The encoder's warning when a served pass compiled (the GPU check counts these lines)."""
+    line = f"{model}: {new} graph(s) {COMPILED_WHILE_SERVING} ({total} in all): a pass shape the warm-up did not cover"
+    if total >= limit:
+        line += f"; dynamo's recompile limit ({limit}) is reached: new shapes now run eagerly"
+    return line
+
+
+def count_compiled_while_serving(log: str) -> int:
+    """Graphs compiled while serving, summed over the encoders' warnings in a log."""
+    return sum(int(n) for n in re.findall(rf"\b(\d+) graph\(s\) {re.escape(COMPILED_WHILE_SERVING)} ", log))
 
 
 class TorchPasses:
@@ -114,6 +129,11 @@ class TorchEngine:
         self.width = int(config["hidden_size"])
         self.compiled = CompiledShapes(self.model, compile_buckets) if compile_buckets else None
 
+    @property
+    def graphs(self) -> int:
+        """Graphs torch.compile made so far (0 eager)."""
+        return self.compiled.graphs if self.compiled is not None else 0
+
     def forward(self, input_ids, attention_mask):
         """ids, mask [b, T] (on any device) -> pooled [b, H] on the engine's device, not synced."""
         torch = self.torch
@@ -122,7 +142,7 @@ class TorchEngine:
             mask = attention_mask.to(self.device, non_blocking=True)
             if self.compiled is not None:
                 return self.compiled(ids, mask)
-            return last_token_torch(self.model(ids, mask), mask.sum(1))
+            return eager(self.model, ids, mask)
 
     def embed(self, input_ids, attention_mask) -> np.ndarray:
         """The same on the host, as float32 numpy (parity, calibration)."""
@@ -161,7 +181,9 @@ class CompiledShapes:
     32-bit indexing, which would then fail the load.
     Automatic dynamic shapes are off during the calls so that each bucket keeps a static-length graph
     of its own (with them on, the second bucket turns the length dynamic). `graphs` counts the graphs
-    compiled; tests/test_compiled_shapes.py."""
+    compiled; past dynamo's recompile limit (`limit`) new shapes run eagerly without a word from dynamo,
+    which the encoder's warning says. One call at a time: dynamo's settings are process-wide.
+    tests/test_compiled_shapes.py."""
 
     MIN_ROWS = 2
 
@@ -170,9 +192,10 @@ class CompiledShapes:
         import torch._dynamo
 
         self.torch, self.buckets = torch, tuple(sorted(buckets))
-        utf8_locale()
-        self.settings = torch._dynamo.config.patch(automatic_dynamic_shapes=False,
-                                                   cache_size_limit=max(8, 2 * len(self.buckets)))
+        self.utf8 = utf8_locale()
+        self.limit = max(8, 2 * len(self.buckets))
+        self.settings = torch._dynamo.config.patch(automatic_dynamic_shapes=False, cache_size_limit=self.limit)
+        self.one_at_a_time = threading.Lock()
         self.model = model
         self.graphs = 0
         compile_graph = torch._dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
@@ -191,7 +214,7 @@ class CompiledShapes:
         length = self.bucket(ids.shape[1])
         rows = ids.shape[0]
         if length is None or rows == 0:  # longer than every bucket (or nothing): eager
-            return last_token_torch(self.model(ids, mask), mask.sum(1))
+            return eager(self.model, ids, mask)
         # always new tensors, made here: a tensor made under inference mode and one made outside it differ
         # in dispatch keys, and dynamo compiles a graph for each (the box emulation, 2026-12-04)
         width = ids.shape[1]
@@ -200,9 +223,14 @@ class CompiledShapes:
             into[:rows, :width] = source
             into[rows:, :width] = source[:1]
             torch._dynamo.mark_dynamic(into, 0)
-        with self.settings:
-            pooled = self.compiled(*padded)
-        return last_token_torch(pooled, padded[1].sum(1))[:rows]
+        with self.one_at_a_time, self.settings:
+            states = self.compiled(*padded)
+        return last_token_torch(states, padded[1].sum(1))[:rows]
+
+
+def eager(model, ids, mask):
+    """The model's pooled states, uncompiled."""
+    return last_token_torch(model(ids, mask), mask.sum(1))
 
 
 UTF8_LOCALES = ("C.UTF-8", "C.utf8", "en_US.UTF-8")

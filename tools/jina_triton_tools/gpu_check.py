@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import random
-import re
 import sys
 import tarfile
 import threading
@@ -278,7 +277,7 @@ def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, se
     engine = TorchEngine(folder, precision, compile_buckets=buckets, cudnn_attention=cudnn_attention)
     engine.warm_up(options.token_budget)
     load_seconds = time.perf_counter() - loaded
-    warmed_graphs = engine.compiled.graphs if engine.compiled else 0
+    warmed_graphs = engine.graphs
     requests = [tuple(torch.from_numpy(a) for a in right_pad(group)) for group in _requests(rows)]
     per_execute = max(1, options.encoder_max_rows // REQUEST_TEXTS)
     rng = random.Random(0)
@@ -309,15 +308,17 @@ def bare_engine(folder: Path, precision: str, rows: list[list[int]], options, se
     return {"tokens_per_s": round(real / elapsed, 1), "padded_ratio": round(computed / real, 3), "rounds": passes,
             "device": str(engine.device), "precision": engine.precision, "compiled": list(buckets),
             "shuffled": shuffled, "cudnn_attention": cudnn_attention, "load_and_warm_up_s": round(load_seconds, 1),
-            "graphs_after_warm_up": (engine.compiled.graphs - warmed_graphs) if engine.compiled else None}
+            "graphs_after_warm_up": (engine.graphs - warmed_graphs) if engine.compiled else None}
 
 
-def compiled_while_serving(log: Path) -> int:
-    """Graphs the served encoders compiled after their load (each says so in Triton's log)."""
-    from jina_triton_pipeline.torch_engine import COMPILED_WHILE_SERVING
+def compiled_while_serving(log: Path, since: int) -> int:
+    """Graphs the served encoders compiled after their load: their warnings in Triton's log, from
+    byte `since` on (the log is appended to: an earlier run's lines stay in it)."""
+    from jina_triton_pipeline.torch_engine import count_compiled_while_serving
 
-    found = re.findall(rf"(\d+) graph\(s\) {COMPILED_WHILE_SERVING}", log.read_text(errors="replace"))
-    return sum(int(count) for count in found)
+    with open(log, "rb") as lines:
+        lines.seek(since)
+        return count_compiled_while_serving(lines.read().decode(errors="replace"))
 
 
 def served(http, server, texts, concurrency: int, seconds: float, tasks=("retrieval",)) -> dict:
@@ -421,7 +422,9 @@ def run(args) -> int:
         data["packing"] = [packing_plan([len(r) for r in rows], per, options.token_budget, bound)
                            for per in (REQUEST_TEXTS, options.encoder_max_rows)
                            for bound in (1.10, options.max_padding)]
-        server = TritonServer.on_free_ports(workdir / "repository", log_file=out / "triton.log",
+        log = out / "triton.log"
+        log_start = log.stat().st_size if log.is_file() else 0
+        server = TritonServer.on_free_ports(workdir / "repository", log_file=log,
                                             python_env=stub_env, env=server_env)
         try:
             load_factor = 2.0 if buckets else 1.0  # every encoder stub compiles its buckets while loading
@@ -455,8 +458,6 @@ def run(args) -> int:
                     row["served_over_engine"] = round(row["tokens_per_s"] / data["engine"]["tokens_per_s"], 3)
                     data["served"].append(row)
                     report.write()
-                if buckets:
-                    data["compiled_while_serving"] = compiled_while_serving(out / "triton.log")
                 errors = [f"{r['errors']} errors at concurrency {r['concurrency']}"
                           for r in data["served"] if r["errors"]]
                 if errors:
@@ -467,6 +468,8 @@ def run(args) -> int:
                     data["engine_compiled"] = bare_engine(folder, precision, rows, options, seconds, COMPILE_BUCKETS)
         finally:
             server.stop()
+            if buckets and "served" in data:  # stopped: every stub's warning has reached the log
+                data["compiled_while_serving"] = compiled_while_serving(log, log_start)
             if args.sample_stacks:
                 from .stub_sampler import merged
 

@@ -36,28 +36,38 @@ def _write(path: str, header: str, counts: collections.Counter, samples: int) ->
     os.replace(path + ".tmp", path)
 
 
-def _sample(folder: str, interval: float) -> None:
+def _look(me: int, counts: collections.Counter) -> None:
+    """One sample. No frame may outlive this call: a frame held while its thread returns keeps that
+    function's locals alive, and torch restores state in destructors (dynamo's compile ends with an
+    inference-mode guard dropped on return: held over the sampler's sleep, the compile failed with
+    "Global grad_mode state changed while dynamo tracing", box emulation 2026-12-04)."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        if ident != me:
+            counts[(names.get(ident, "main?"), _stack(frame))] += 1
+
+
+def _sample(folder: str, interval: float, stop: threading.Event) -> None:
     me = threading.get_ident()
     with open("/proc/self/cmdline", "rb") as cmdline:
         header = " ".join(part.decode(errors="replace") for part in cmdline.read().split(b"\0")[:3])
     path = os.path.join(folder, f"stacks-{os.getpid()}.txt")
     counts: collections.Counter = collections.Counter()
     samples, written = 0, time.monotonic()
-    while True:
-        time.sleep(interval)
-        names = {thread.ident: thread.name for thread in threading.enumerate()}
-        for ident, frame in sys._current_frames().items():
-            if ident != me:
-                counts[(names.get(ident, "main?"), _stack(frame))] += 1
+    while not stop.wait(interval):
+        _look(me, counts)
         samples += 1
         if time.monotonic() - written > WRITE_EVERY_S:
             _write(path, header, counts, samples)
             written = time.monotonic()
 
 
-def start(folder: str, interval: float = 0.01) -> None:
+def start(folder: str, interval: float = 0.01) -> threading.Event:
+    """Samples until the process ends or the event returned is set."""
     os.makedirs(folder, exist_ok=True)
-    threading.Thread(target=_sample, args=(folder, interval), name="stack-sampler", daemon=True).start()
+    stop = threading.Event()
+    threading.Thread(target=_sample, args=(folder, interval, stop), name="stack-sampler", daemon=True).start()
+    return stop
 
 
 def merged(folder, models: tuple[str, ...], top: int = 30) -> str:

@@ -15,7 +15,7 @@ from jina_triton_pipeline.encoder_step import DlpackTensors, EncoderStep
 from jina_triton_pipeline.limits import ModelLimits
 from jina_triton_pipeline.parity import ParityError
 from jina_triton_pipeline.tokenization import parse_buckets
-from jina_triton_pipeline.torch_engine import COMPILED_WHILE_SERVING, TorchEngine
+from jina_triton_pipeline.torch_engine import TorchEngine, compiled_while_serving_line
 from jina_triton_pipeline.triton_requests import model_parameters
 
 
@@ -27,6 +27,9 @@ class TritonPythonModel:
         device = f"cuda:{args.get('model_instance_device_id', 0)}" if gpu else "cpu"
         engine = TorchEngine(folder, params["precision"], device, int(params["threads"]),
                              parse_buckets(params.get("compile_buckets", "")))
+        if engine.compiled is not None and not engine.compiled.utf8:
+            pb_utils.Logger.log_warn(f"{args['model_name']}: no UTF-8 locale on this system; torch.compile may "
+                                     "fail to read its templates (install C.UTF-8 or drop --compile-buckets)")
         started = time.perf_counter()
         engine.warm_up(int(params["token_budget"]))  # before the gate: it must pass on the path that serves
         try:
@@ -34,7 +37,7 @@ class TritonPythonModel:
         except ParityError as exc:  # the model does not load
             pb_utils.Logger.log_error(str(exc))
             raise
-        self.name, self.graphs = args["model_name"], engine.compiled.graphs if engine.compiled else 0
+        self.name, self.graphs = args["model_name"], engine.graphs
         compiled = f", compiled: {self.graphs} graphs" if engine.compiled else ""
         pb_utils.Logger.log_info(f"{args['model_name']}: parity gate passed on {engine.device} "
                                  f"({engine.precision}{compiled}), minimum cosine "
@@ -46,9 +49,9 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = self.step.execute(requests)
-        compiled = self.step.engine.compiled
-        if compiled is not None and compiled.graphs > self.graphs:  # a request waited for it: say so
-            pb_utils.Logger.log_warn(f"{self.name}: {compiled.graphs - self.graphs} graph(s) {COMPILED_WHILE_SERVING} "
-                                     f"({compiled.graphs} in all): a pass shape the warm-up did not cover")
-            self.graphs = compiled.graphs
+        engine = self.step.engine
+        if engine.graphs > self.graphs:  # a request waited for it: say so
+            pb_utils.Logger.log_warn(compiled_while_serving_line(self.name, engine.graphs - self.graphs,
+                                                                 engine.graphs, engine.compiled.limit))
+            self.graphs = engine.graphs
         return responses
