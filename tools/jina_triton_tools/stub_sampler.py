@@ -10,8 +10,10 @@ that holds the GIL shows up at the next line that runs).
 from __future__ import annotations
 
 import collections
+import faulthandler
 import os
-import sys
+import re
+import tempfile
 import threading
 import time
 
@@ -19,13 +21,20 @@ DEPTH = 8
 WRITE_EVERY_S = 2.0
 
 
-def _stack(frame) -> str:
-    names = []
-    while frame is not None and len(names) < DEPTH:
-        code = frame.f_code
-        names.append(f"{os.path.basename(code.co_filename)}:{code.co_name}:{frame.f_lineno}")
-        frame = frame.f_back
-    return " < ".join(names)
+THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
+FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$')
+
+
+def _stacks(dump: str) -> dict[int, str]:
+    """faulthandler's text of every thread's stack -> {thread id: "file:function:line < ..."}."""
+    stacks: dict[int, list[str]] = {}
+    names: list[str] = []
+    for line in dump.splitlines():
+        if thread := THREAD.match(line):
+            names = stacks.setdefault(int(thread.group(1), 16), [])
+        elif (frame := FRAME.match(line)) and len(names) < DEPTH:
+            names.append(f"{os.path.basename(frame.group(1))}:{frame.group(3)}:{frame.group(2)}")
+    return {ident: " < ".join(names) for ident, names in stacks.items()}
 
 
 def _write(path: str, header: str, counts: collections.Counter, samples: int) -> None:
@@ -36,15 +45,20 @@ def _write(path: str, header: str, counts: collections.Counter, samples: int) ->
     os.replace(path + ".tmp", path)
 
 
-def _look(me: int, counts: collections.Counter) -> None:
-    """One sample. No frame may outlive this call: a frame held while its thread returns keeps that
-    function's locals alive, and torch restores state in destructors (dynamo's compile ends with an
-    inference-mode guard dropped on return: held over the sampler's sleep, the compile failed with
-    "Global grad_mode state changed while dynamo tracing", box emulation 2026-12-04)."""
+def _look(me: int, counts: collections.Counter, dump) -> None:
+    """One sample, read by faulthandler in C, with no Python frame object made: a frame held here
+    while its thread returns keeps that function's locals alive, and torch restores state in
+    destructors (dynamo ends a compile by dropping an inference-mode guard: with frames from
+    sys._current_frames, a compile in a sampled stub failed with "Global grad_mode state changed
+    while dynamo tracing", box emulation 2026-12-04)."""
+    dump.seek(0)
+    dump.truncate()
+    faulthandler.dump_traceback(dump, all_threads=True)
+    dump.seek(0)
     names = {thread.ident: thread.name for thread in threading.enumerate()}
-    for ident, frame in sys._current_frames().items():
+    for ident, stack in _stacks(dump.read().decode(errors="replace")).items():
         if ident != me:
-            counts[(names.get(ident, "main?"), _stack(frame))] += 1
+            counts[(names.get(ident, "main?"), stack)] += 1
 
 
 def _sample(folder: str, interval: float, stop: threading.Event) -> None:
@@ -54,8 +68,9 @@ def _sample(folder: str, interval: float, stop: threading.Event) -> None:
     path = os.path.join(folder, f"stacks-{os.getpid()}.txt")
     counts: collections.Counter = collections.Counter()
     samples, written = 0, time.monotonic()
+    dump = tempfile.TemporaryFile()
     while not stop.wait(interval):
-        _look(me, counts)
+        _look(me, counts, dump)
         samples += 1
         if time.monotonic() - written > WRITE_EVERY_S:
             _write(path, header, counts, samples)
