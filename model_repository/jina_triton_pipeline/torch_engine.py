@@ -186,6 +186,7 @@ class CompiledShapes:
     tests/test_compiled_shapes.py."""
 
     MIN_ROWS = 2
+    ONE_AT_A_TIME = threading.Lock()  # dynamo's settings are the process's, whichever instance patches them
 
     def __init__(self, model, buckets: tuple[int, ...], backend="inductor"):
         import torch
@@ -195,7 +196,6 @@ class CompiledShapes:
         self.utf8 = utf8_locale()
         self.limit = max(8, 2 * len(self.buckets))
         self.settings = torch._dynamo.config.patch(automatic_dynamic_shapes=False, cache_size_limit=self.limit)
-        self.one_at_a_time = threading.Lock()
         self.model = model
         self.graphs = 0
         compile_graph = torch._dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
@@ -223,7 +223,7 @@ class CompiledShapes:
             into[:rows, :width] = source
             into[rows:, :width] = source[:1]
             torch._dynamo.mark_dynamic(into, 0)
-        with self.one_at_a_time, self.settings:
+        with self.ONE_AT_A_TIME, self.settings:
             states = self.compiled(*padded)
         return last_token_torch(states, padded[1].sum(1))[:rows]
 

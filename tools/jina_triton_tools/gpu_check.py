@@ -112,13 +112,17 @@ class Report:
         print(f"gpu-check: {name} took longer than {seconds:.0f} s; report in {self.out}", file=sys.stderr, flush=True)
         os._exit(3)  # Triton and its stubs die with us (PR_SET_PDEATHSIG)
 
+    def bound(self, name: str, factor: float = 1.0) -> float:
+        """Seconds step `name` may take on this machine (`factor`: a step that also compiles)."""
+        return STEP_SECONDS[name] * self.scale * factor
+
     def step(self, name: str, fail_at: str | None = None, factor: float = 1.0):
         report = self
 
         class Step:
             def __enter__(self):
                 self.begun = time.perf_counter()
-                bound = STEP_SECONDS[name] * report.scale * factor
+                bound = report.bound(name, factor)
                 self.timer = threading.Timer(bound, report._expired, (f"step {name}", bound))
                 self.timer.daemon = True
                 self.timer.start()
@@ -430,7 +434,7 @@ def run(args) -> int:
             load_factor = 2.0 if buckets else 1.0  # every encoder stub compiles its buckets while loading
             with report.step("triton", args.fail_at, load_factor):
                 server.start()
-                server.wait_ready(STEP_SECONDS["triton"] * report.scale * load_factor)
+                server.wait_ready(report.bound("triton", load_factor))
             with report.step("numpy", args.fail_at):
                 data["stub_numpy"] = stub_numpy(server)
                 problems = check_numpy(data["stub_numpy"], bool(numpy_env))
