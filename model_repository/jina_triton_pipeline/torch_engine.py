@@ -183,7 +183,8 @@ class CompiledShapes:
     of its own (with them on, the second bucket turns the length dynamic). `graphs` counts the graphs
     compiled; past dynamo's recompile limit (`limit`) new shapes run eagerly without a word from dynamo,
     which the encoder's warning says. One call at a time: dynamo's settings are process-wide.
-    tests/test_compiled_shapes.py."""
+    tests/test_compiled_shapes.py. NOT RUN on a GPU since these fixes (here: the box emulation and a
+    counting backend); off by default until a GPU check shows no graph compiled while serving."""
 
     MIN_ROWS = 2
     ONE_AT_A_TIME = threading.Lock()  # dynamo's settings are the process's, whichever instance patches them
