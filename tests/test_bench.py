@@ -78,10 +78,26 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
     assert "| served-fp32 |" in result.stdout and "matmul peak" in result.stdout
     for precision in ("fp32", "int8"):  # each run paired with the engine of its repeat, the order rotated
         assert len(report["ratios"][f"served/engine tokens/s, run by run ({precision})"][0].split(", ")) == 2
+        interval = report["ratios"][f"served/engine tokens/s, 90 % interval from the runs ({precision})"][0]
+        assert interval.split(": ")[1] in {"met", "not met", "undecided at this noise (more repeats narrow it)"}
         log = result.stdout + result.stderr
         first = [log.index(f"{step}, run {run} of 2") for run in (1, 2) for step in
                  (f"(a) bare {precision} engine, the best way", f"(b) served {precision} ensemble")]
         assert first[0] < first[1] and first[3] < first[2], first  # engine first in run 1, served first in run 2
+
+
+def test_the_served_over_engine_verdict_weighs_the_noise_between_repeats():
+    """Met only where the whole 90 % interval of the paired runs clears the target."""
+    from jina_triton_tools.bench import ratio_interval, verdict
+
+    assert ratio_interval([0.95]) is None  # one run: no spread to weigh
+    low, high = ratio_interval([0.969, 0.986, 0.992])  # the 2026-12-04 17:42 fp32 runs
+    assert (low, high) == (0.9623, 1.0027) and verdict((low, high), 0.95) == "met"
+    faster_host = ratio_interval([0.906, 0.879, 0.925, 0.952, 0.975])  # 08:49 int8: mean 0.927, wide
+    assert faster_host[0] < 0.95 < faster_host[1] and verdict(faster_host, 0.95).startswith("undecided")
+    assert verdict(ratio_interval([0.80, 0.82]), 0.95) == "not met"
+    assert ratio_interval([0.95, 0.95, 0.95]) == (0.95, 0.95)  # no spread: the interval is the value
+    assert verdict((0.95, 0.95), 0.95) == "met"
 
 
 def test_the_sweep_serves_every_candidate_in_each_round(tmp_path, tiny_checkpoint, engine_cache, fp32_engines):
