@@ -192,6 +192,27 @@ def test_the_stack_sampler_never_keeps_a_returned_functions_locals_alive(tmp_pat
     assert calls > 10_000 and late == 0, (calls, late)
 
 
+def test_the_stack_sampler_writes_what_it_sampled_when_stopped(tmp_path):
+    """A run shorter than the sampler's write period still leaves its stacks (written once stopped)."""
+    import time
+
+    from jina_triton_tools import stub_sampler
+
+    def busy_in_a_named_function():
+        until = time.monotonic() + 0.3
+        while time.monotonic() < until:
+            pass
+
+    stop = stub_sampler.start(str(tmp_path), interval=0.005)
+    busy_in_a_named_function()
+    stop.set()
+    path = tmp_path / f"stacks-{os.getpid()}.txt"
+    deadline = time.monotonic() + stub_sampler.WRITE_EVERY_S / 2  # well before a periodic write
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.exists() and "busy_in_a_named_function" in path.read_text()
+
+
 def test_the_bundle_is_ignored_by_git_and_carried_beside_the_tree(tmp_path):
     (REPO_ROOT / ".gpu-bundle").mkdir(exist_ok=True)
     try:

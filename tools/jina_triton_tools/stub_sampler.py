@@ -68,13 +68,15 @@ def _sample(folder: str, interval: float, stop: threading.Event) -> None:
     path = os.path.join(folder, f"stacks-{os.getpid()}.txt")
     counts: collections.Counter = collections.Counter()
     samples, written = 0, time.monotonic()
-    dump = tempfile.TemporaryFile()
-    while not stop.wait(interval):
-        _look(me, counts, dump)
-        samples += 1
-        if time.monotonic() - written > WRITE_EVERY_S:
-            _write(path, header, counts, samples)
-            written = time.monotonic()
+    with tempfile.TemporaryFile() as dump:
+        while not stop.wait(interval):
+            _look(me, counts, dump)
+            samples += 1
+            if time.monotonic() - written > WRITE_EVERY_S:
+                _write(path, header, counts, samples)
+                written = time.monotonic()
+    if samples:  # what was sampled since the last write, once stopped
+        _write(path, header, counts, samples)
 
 
 def start(folder: str, interval: float = 0.01) -> threading.Event:
