@@ -65,6 +65,11 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/jina-triton bench --preset full --out $(ARTIFACTS)/bench $(BENCH_ARGS)
 
+# The newest bench run's report into README.md (between its bench-report markers).
+.PHONY: bench-readme
+bench-readme: $(STAMP)
+	$(BIN)/jina-triton bench-readme --out $(ARTIFACTS)/bench
+
 # The cpu serving defaults by measurement: token budget, padding, instances x threads (README table).
 SWEEP_ARGS ?=
 .PHONY: bench-sweep

@@ -42,6 +42,7 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
         assert run["runs"] == (1 if name.startswith("reference") else 2) and (run["spread"] is None) == (run["runs"] == 1)
     machine = report["machine"]
     assert machine["cpu"]["model"] and machine["matmul_peak_gflops"] > 1 and "avx2" in machine["cpu"]["flags"]
+    assert machine["code"] and f"; code {machine['code']};" in result.stdout  # the commit the run came from
     from jina_triton_tools.bench import PACKINGS, PROCESS_PACKINGS
 
     for precision in ("fp32", "int8"):  # one process on each packing, two sharing the cores as the instances do
@@ -98,6 +99,38 @@ def test_the_served_over_engine_verdict_weighs_the_noise_between_repeats():
     assert verdict(ratio_interval([0.80, 0.82]), 0.95) == "not met"
     assert ratio_interval([0.95, 0.95, 0.95]) == (0.95, 0.95)  # no spread: the interval is the value
     assert verdict((0.95, 0.95), 0.95) == "met"
+    from jina_triton_tools.bench import t90
+
+    # past the table, Student's t stays over the normal's 1.645 (exact values: 1.796, 1.725, 1.697, 1.664)
+    assert [round(t90(dof), 3) for dof in (10, 11, 20, 30, 80)] == [1.812, 1.796, 1.725, 1.697, 1.664]
+
+
+def test_the_readme_shows_one_bench_run_between_its_markers(tmp_path, caplog):
+    """`jina-triton bench-readme` puts the newest report between the markers, headings one level down;
+    the text around it stays, a second run changes nothing, and a README without markers is refused."""
+    from jina_triton_serving.cli import main
+    from jina_triton_tools.readme_report import BEGIN, END
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "bench-20261204-101010.md").write_text("## Benchmark: older\n\n| a |\n")
+    (out / "bench-20261204-204235.md").write_text("## Benchmark: newest\n\n| served/engine | 0.998 |\n### sub\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n## Throughput\nintro\n{BEGIN}\nstale table\n{END}\nafter\n")
+    assert main(["bench-readme", "--out", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\n## Throughput\nintro\n") and text.endswith(f"{END}\nafter\n")
+    assert "stale table" not in text and "older" not in text
+    assert "### Benchmark: newest" in text and "#### sub" in text and "| served/engine | 0.998 |" in text
+    assert "`bench-20261204-204235.md`" in text
+    assert main(["bench-readme", "--out", str(out), "--readme", str(readme)]) == 0
+    assert readme.read_text() == text
+
+    readme.write_text("# no markers\n")
+    assert main(["bench-readme", "--out", str(out), "--readme", str(readme)]) == 2
+    assert BEGIN in caplog.text and readme.read_text() == "# no markers\n"
+    assert main(["bench-readme", "--out", str(tmp_path / "none"), "--readme", str(readme)]) == 2
+    assert "run `make bench` first" in caplog.text
 
 
 def test_the_sweep_serves_every_candidate_in_each_round(tmp_path, tiny_checkpoint, engine_cache, fp32_engines):

@@ -1,4 +1,4 @@
-"""`jina-triton`: synth, build, serve, up, gateway, embed, bench, sweep, gpu-check."""
+"""`jina-triton`: synth, build, serve, up, gateway, embed, bench, bench-readme, sweep, gpu-check."""
 from __future__ import annotations
 
 import argparse
@@ -126,6 +126,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_bench_readme(args) -> int:
+    from jina_triton_tools.readme_report import newest_report, update_readme
+
+    report = Path(args.report) if args.report else newest_report(Path(args.out))
+    update_readme(Path(args.readme), report)
+    log.info("%s: the benchmark section now shows %s", args.readme, report)
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from jina_triton_build.synth import synthetic_checkpoint
 
@@ -209,6 +218,11 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--cache-dir", help="reuse this engine cache (default: a fresh one, so that the run "
                        "measures the cold start)")
     bench.set_defaults(run=cmd_bench)
+    readme = commands.add_parser("bench-readme", help="one bench run's report into the README (make bench-readme)")
+    readme.add_argument("--report", help="a bench-*.md (default: the newest in --out)")
+    readme.add_argument("--out", default="artifacts/bench")
+    readme.add_argument("--readme", default="README.md")
+    readme.set_defaults(run=cmd_bench_readme)
 
     from jina_triton_tools.gpu_check import add_arguments as gpu_check_arguments
 

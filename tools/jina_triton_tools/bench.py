@@ -61,8 +61,19 @@ PREVIOUS = {"memory_mb (fp32)": 9000, "cold start s": 360, "warm start s": 29,
             "engine tokens/s (fp32)": 440, "served tokens/s (fp32)": 384, "served/engine (fp32)": 0.845,
             "served/engine (int8)": 0.79, "stub - engine short query ms (fp32)": 47}
 SERVED_OVER_ENGINE = 0.95  # issue 23's target for served/engine tokens/s, both precisions
-# Student's t for a two-sided 90 % interval, by degrees of freedom 1..10 (beyond: the normal's 1.645)
+# Student's t for a two-sided 90 % interval, by degrees of freedom 1..10 (beyond: t90 below)
 T90 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
+Z95 = 1.6449  # the normal's 95th percentile
+
+
+def t90(dof: int) -> float:
+    """Student's t for a two-sided 90 % interval: the table to 10 degrees of freedom, then the
+    Cornish-Fisher series around the normal (within 0.001 of the exact value from 11 on)."""
+    if dof <= len(T90):
+        return T90[dof - 1]
+    z = Z95
+    return (z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3))
 
 
 PER_REPEAT = ("short_query_ms", "in_stub_ms", "in_pass_ms", "gap_ms", "under_ms")
@@ -166,8 +177,7 @@ def ratio_interval(paired: list[float]) -> tuple[float, float] | None:
     if len(paired) < 2:
         return None
     logs = np.log(np.asarray(paired, np.float64))
-    t = T90[len(logs) - 2] if len(logs) - 1 <= len(T90) else 1.645
-    half = t * logs.std(ddof=1) / np.sqrt(len(logs))
+    half = t90(len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
     return round(float(np.exp(logs.mean() - half)), 4), round(float(np.exp(logs.mean() + half)), 4)
 
 
@@ -698,7 +708,7 @@ def markdown(report: dict) -> str:
              f"({_peaks_text(m['matmul_peaks'])}); {report['gflop_per_token']} GFLOP per token "
              f"of this workload. Absolute CPU figures vary by host; the ratios hold.", "",
              f"Python {m['python']}, onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}, transformers "
-             f"{m.get('transformers')}, Triton {m['triton']}; {m['date']}", "",
+             f"{m.get('transformers')}, Triton {m['triton']}; code {m.get('code', 'unknown')}; {m['date']}", "",
              "| run | tokens/s | spread | GFLOP/s | of peak | texts/s | p50 ms | p95 ms | padded | short query ms "
              "| over the layer under it, paired ms | in the stub ms | its pass ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

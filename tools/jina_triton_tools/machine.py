@@ -94,7 +94,20 @@ def versions() -> dict:
         except ImportError:
             pass
     found["triton"] = "2.51.0 (nvidia-pytriton 0.7.0)"
+    found["code"] = code_version()
     return found
+
+
+def code_version() -> str:
+    """The commit this code was run from (`-dirty` with local changes), or why it is unknown."""
+    import subprocess
+
+    try:
+        answer = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+    return answer.stdout.strip() if answer.returncode == 0 else "unknown (not run from a git checkout)"
 
 
 def pss_bytes(pid: int) -> int:
