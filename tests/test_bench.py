@@ -89,7 +89,7 @@ def test_bench_runs_on_the_tiny_replica(tmp_path, tiny_checkpoint_dir, engine_ca
 
 def test_the_served_over_engine_verdict_weighs_the_noise_between_repeats():
     """Met only where the whole 90 % interval of the paired runs clears the target."""
-    from jina_triton_tools.bench import ratio_interval, verdict
+    from jina_triton_tools.bench import ratio_interval, t90, verdict
 
     assert ratio_interval([0.95]) is None  # one run: no spread to weigh
     low, high = ratio_interval([0.969, 0.986, 0.992])  # the 2026-12-04 17:42 fp32 runs
@@ -99,8 +99,6 @@ def test_the_served_over_engine_verdict_weighs_the_noise_between_repeats():
     assert verdict(ratio_interval([0.80, 0.82]), 0.95) == "not met"
     assert ratio_interval([0.95, 0.95, 0.95]) == (0.95, 0.95)  # no spread: the interval is the value
     assert verdict((0.95, 0.95), 0.95) == "met"
-    from jina_triton_tools.bench import t90
-
     # past the table, Student's t stays over the normal's 1.645 (exact values: 1.796, 1.725, 1.697, 1.664)
     assert [round(t90(dof), 3) for dof in (10, 11, 20, 30, 80)] == [1.812, 1.796, 1.725, 1.697, 1.664]
 
